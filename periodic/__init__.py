@@ -1,0 +1,29 @@
+"""Supervised periodic jobs for Trio."""
+
+from . import events as events
+from . import exceptions as exceptions
+from ._events import subscribe as subscribe
+from ._logging import configure_logging as configure_logging
+from ._options import DelayMode as DelayMode
+from ._options import Mode as Mode
+from ._options import Overlap as Overlap
+from ._runinfo import RunInfo as RunInfo
+from ._runinfo import current_run as current_run
+from ._scheduler import Periodic as Periodic
+from ._scheduler import Statistics as Statistics
+from ._version import __version__ as __version__
+
+__all__ = [
+    "DelayMode",
+    "Mode",
+    "Overlap",
+    "Periodic",
+    "RunInfo",
+    "Statistics",
+    "__version__",
+    "configure_logging",
+    "current_run",
+    "events",
+    "exceptions",
+    "subscribe",
+]

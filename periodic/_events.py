@@ -1,0 +1,239 @@
+"""The event records a scheduler emits, and the process-wide bus that delivers them."""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+if TYPE_CHECKING:
+    from ._scheduler import Periodic
+
+_log = logging.getLogger("periodic")
+
+
+class Outcome(str, enum.Enum):
+    """How a run ended."""
+
+    #: The job returned.
+    OK = "ok"
+    #: The job raised an :class:`Exception`.
+    ERROR = "error"
+    #: The job was cancelled because its ``timeout`` expired.
+    TIMEOUT = "timeout"
+    #: The job was cancelled by ``stop_previous`` or by the shutdown of ``serve``.
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class SkipReason(str, enum.Enum):
+    """Why a tick started no run."""
+
+    #: ``on_overlap="ignore"`` and an instance was still running.
+    OVERLAP = "overlap"
+    #: The ``when`` guard returned a false value.
+    GUARD = "guard"
+    #: The ``when`` guard raised.
+    GUARD_ERROR = "guard_error"
+    #: The scheduler woke up too late for one or more ticks.
+    MISSED = "missed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class CancelReason(str, enum.Enum):
+    """Who cancelled a run that finished with :attr:`Outcome.CANCELLED`."""
+
+    #: A new tick with ``on_overlap="stop_previous"`` stopped it.
+    STOP_PREVIOUS = "stop_previous"
+    #: ``serve`` was cancelled and ``job_shutdown`` ran out.
+    SHUTDOWN = "shutdown"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@attrs.frozen(kw_only=True)
+class Started:
+    """A run of ``job`` has started.
+
+    Attributes:
+        job: The job's name.
+        run_id: Counts from 1 for each :class:`~periodic.Periodic`.
+        scheduled_at: When the tick that started the run was due (``trio.current_time()``).
+        started_at: When the run started (``trio.current_time()``).
+        fence: The leadership fencing token the run holds, or ``None``.
+    """
+
+    job: str
+    run_id: int
+    scheduled_at: float
+    started_at: float
+    fence: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Finished:
+    """A run of ``job`` has finished; every :class:`Started` has exactly one.
+
+    Attributes:
+        job: The job's name.
+        run_id: The run's id, as in its :class:`Started`.
+        outcome: How it ended.
+        duration: Seconds between start and finish, on Trio's clock.
+        result: The job's return value when ``outcome`` is ``ok``, else ``None``.
+        error: The exception when ``outcome`` is ``error``; for a sync job stopped while its
+            thread was running, whatever the thread raised (the outcome still says why it
+            was stopped).
+        cancel_reason: For ``cancelled``, who cancelled it; else ``None``.
+    """
+
+    job: str
+    run_id: int
+    outcome: Outcome
+    duration: float
+    result: Any = None
+    error: BaseException | None = None
+    cancel_reason: CancelReason | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Skipped:
+    """A tick of ``job`` started no run.
+
+    Attributes:
+        job: The job's name.
+        reason: Why.
+        scheduled_at: When the (first) skipped tick was due.
+        count: How many ticks this event stands for: 1, except for ``missed``.
+        error: What the guard raised, for ``guard_error``; else ``None``.
+    """
+
+    job: str
+    reason: SkipReason
+    scheduled_at: float
+    count: int = 1
+    error: BaseException | None = None
+
+
+@attrs.frozen(kw_only=True)
+class StoppedPrevious:
+    """A tick with ``on_overlap="stop_previous"`` is cancelling run ``run_id``.
+
+    Attributes:
+        job: The job's name.
+        run_id: The run being stopped; its :class:`Finished` follows once it has unwound.
+    """
+
+    job: str
+    run_id: int
+
+
+Event = Started | Finished | Skipped | StoppedPrevious
+Handler = Callable[[Event], object]
+
+
+@attrs.define(eq=False, repr=False)
+class Subscription:
+    """A handler registered with :func:`subscribe`.
+
+    Use it as a context manager, or call :meth:`close`, to stop receiving events.
+    """
+
+    handler: Handler
+    job: str | Periodic | None
+    _closed: bool = attrs.field(default=False, init=False)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
+        return self._closed
+
+    def close(self) -> None:
+        """Stop delivering events to the handler. Calling it again does nothing."""
+        if not self._closed:
+            self._closed = True
+            _bus.remove(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<Subscription {self.handler!r} job={self.job!r} {state}>"
+
+
+class _Bus:
+    """The process-wide list of subscriptions.
+
+    Emitting iterates over a tuple that is replaced, never mutated, so a handler may
+    subscribe or close subscriptions while an event is being delivered.
+    """
+
+    def __init__(self) -> None:
+        self.subscriptions: tuple[Subscription, ...] = ()
+
+    def add(self, sub: Subscription) -> None:
+        self.subscriptions = (*self.subscriptions, sub)
+
+    def remove(self, sub: Subscription) -> None:
+        self.subscriptions = tuple(s for s in self.subscriptions if s is not sub)
+
+    def emit(self, event: Event, source: Periodic) -> None:
+        for sub in self.subscriptions:
+            wanted = sub.job
+            if wanted is not None and wanted is not source and wanted != event.job:
+                continue
+            try:
+                sub.handler(event)
+            except Exception:
+                _log.exception(
+                    "event handler %r raised on %s; the scheduler goes on",
+                    sub.handler,
+                    type(event).__name__,
+                )
+
+
+_bus = _Bus()
+emit = _bus.emit
+
+
+def subscribe(handler: Handler, *, job: str | Periodic | None = None) -> Subscription:
+    """Call ``handler(event)`` for every event a scheduler emits from now on.
+
+    Subscriptions are process-wide and may be made before ``trio.run``. Handlers are
+    called synchronously, in the order they subscribed, in the task that emits the event
+    (a run's own task for :class:`Started` and :class:`Finished`). A handler that raises
+    an :class:`Exception` is logged on the ``periodic`` logger and changes nothing else.
+
+    Args:
+        handler: A callable taking one event.
+        job: Only events of this job: a :class:`~periodic.Periodic`, or a job name.
+
+    Returns:
+        The :class:`Subscription`; close it (or leave its ``with`` block) to unsubscribe.
+
+    Raises:
+        TypeError: ``handler`` is not callable, or ``job`` is neither a name nor a
+            ``Periodic``.
+    """
+    from ._scheduler import Periodic
+
+    if not callable(handler):
+        raise TypeError(f"subscribe: handler must be callable, got {handler!r}")
+    if job is not None and not isinstance(job, (str, Periodic)):
+        raise TypeError(
+            f"subscribe: job must be a job name (str), a Periodic or None, got {job!r}"
+        )
+    sub = Subscription(handler, job)
+    _bus.add(sub)
+    return sub

@@ -1,0 +1,192 @@
+"""The built-in log subscriber: turns events into records on the ``periodic`` logger.
+
+The scheduler never logs directly; this module is one consumer of the event stream, as
+Parent's ``Periodic.Logger`` is of its telemetry events.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ._events import (
+    CancelReason,
+    Event,
+    Finished,
+    Outcome,
+    Skipped,
+    SkipReason,
+    Started,
+    StoppedPrevious,
+    Subscription,
+    subscribe,
+)
+
+logger = logging.getLogger("periodic")
+logger.addHandler(logging.NullHandler())
+
+_SKIP_LEVELS = {
+    SkipReason.OVERLAP: logging.INFO,
+    SkipReason.GUARD: logging.INFO,
+    SkipReason.GUARD_ERROR: logging.ERROR,
+    SkipReason.MISSED: logging.WARNING,
+}
+_SKIP_TEXT = {
+    SkipReason.OVERLAP: "skipped a tick: the previous run is still going (on_overlap=ignore)",
+    SkipReason.GUARD: "skipped a tick: the when-guard said no",
+    SkipReason.GUARD_ERROR: "skipped a tick: the when-guard raised",
+}
+
+
+def _finished_level(event: Finished) -> int:
+    if event.outcome is Outcome.OK:
+        return logging.INFO
+    if event.outcome is Outcome.CANCELLED:
+        if event.cancel_reason is CancelReason.SHUTDOWN:
+            return logging.INFO
+        return logging.WARNING
+    return logging.ERROR
+
+
+class _EventLogger:
+    def __init__(self) -> None:
+        self.min_level = logging.NOTSET
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, Started):
+            self._started(event)
+        elif isinstance(event, Finished):
+            self._finished(event)
+        elif isinstance(event, Skipped):
+            self._skipped(event)
+        elif isinstance(event, StoppedPrevious):
+            self._log(
+                logging.WARNING,
+                event,
+                "job %r stopping run %d (on_overlap=stop_previous)",
+                (event.job, event.run_id),
+                {"periodic_run_id": event.run_id},
+            )
+
+    def _enabled(self, level: int) -> bool:
+        return level >= self.min_level and logger.isEnabledFor(level)
+
+    def _log(
+        self,
+        level: int,
+        event: Event,
+        msg: str,
+        args: tuple[Any, ...],
+        fields: dict[str, Any],
+        exc: BaseException | None = None,
+    ) -> None:
+        if not self._enabled(level):
+            return
+        extra = {"periodic_event": type(event).__name__, "periodic_job": event.job, **fields}
+        exc_info = (type(exc), exc, exc.__traceback__) if exc is not None else None
+        logger.log(level, msg, *args, extra=extra, exc_info=exc_info)
+
+    def _started(self, event: Started) -> None:
+        if not self._enabled(logging.INFO):
+            return
+        fence = "" if event.fence is None else f" with fence {event.fence}"
+        self._log(
+            logging.INFO,
+            event,
+            "job %r run %d started%s, %.3fs after it was due",
+            (event.job, event.run_id, fence, event.started_at - event.scheduled_at),
+            {
+                "periodic_run_id": event.run_id,
+                "periodic_scheduled_at": event.scheduled_at,
+                "periodic_started_at": event.started_at,
+                "periodic_fence": event.fence,
+            },
+        )
+
+    def _finished(self, event: Finished) -> None:
+        level = _finished_level(event)
+        if not self._enabled(level):
+            return
+        how = str(event.outcome)
+        if event.cancel_reason is not None:
+            how = f"{how} ({event.cancel_reason})"
+        msg = "job %r run %d finished %s in %.3fs"
+        args: tuple[Any, ...] = (event.job, event.run_id, how, event.duration)
+        if event.outcome is Outcome.ERROR and event.error is not None:
+            msg += ": %r"
+            args += (event.error,)
+        self._log(
+            level,
+            event,
+            msg,
+            args,
+            {
+                "periodic_run_id": event.run_id,
+                "periodic_outcome": str(event.outcome),
+                "periodic_duration": event.duration,
+                "periodic_cancel_reason": (
+                    None if event.cancel_reason is None else str(event.cancel_reason)
+                ),
+            },
+            exc=event.error if event.outcome is Outcome.ERROR else None,
+        )
+
+    def _skipped(self, event: Skipped) -> None:
+        level = _SKIP_LEVELS.get(event.reason, logging.INFO)
+        if event.reason is SkipReason.MISSED:
+            text = f"missed {event.count} tick{'s' if event.count != 1 else ''}: it ran late"
+        else:
+            text = _SKIP_TEXT.get(event.reason, f"skipped a tick ({event.reason})")
+        self._log(
+            level,
+            event,
+            "job %r %s",
+            (event.job, text),
+            {
+                "periodic_reason": str(event.reason),
+                "periodic_count": event.count,
+                "periodic_scheduled_at": event.scheduled_at,
+            },
+            exc=event.error,
+        )
+
+
+def _level_number(name: str) -> int:
+    # getLevelName maps a registered name to its number (and anything else to a str).
+    number = logging.getLevelName(name.upper())
+    if isinstance(number, int):
+        return number
+    raise ValueError(f"level must be a known logging level name, got {name!r}")
+
+
+_event_logger = _EventLogger()
+_subscription: Subscription | None = subscribe(_event_logger)
+
+
+def configure_logging(*, enabled: bool = True, level: int | str = logging.NOTSET) -> None:
+    """Switch the built-in event logger on or off, or raise its threshold.
+
+    By default every event becomes a record on the ``periodic`` logger (which has only a
+    ``NullHandler``: nothing shows unless the application configures logging). This
+    changes what ``periodic`` produces without touching the logging tree.
+
+    Args:
+        enabled: ``False`` stops producing records at all.
+        level: Produce no record below this level (a number or a level name such as
+            ``"WARNING"``), whatever the logger's own level.
+
+    Raises:
+        ValueError: ``level`` is an unknown level name.
+        TypeError: ``level`` is neither an int nor a str.
+    """
+    global _subscription
+    if isinstance(level, bool) or not isinstance(level, (int, str)):
+        raise TypeError(f"level must be a logging level (int or name), got {level!r}")
+    if isinstance(level, str):
+        level = _level_number(level)
+    _event_logger.min_level = level
+    if enabled and _subscription is None:
+        _subscription = subscribe(_event_logger)
+    elif not enabled and _subscription is not None:
+        _subscription.close()
+        _subscription = None

@@ -1,0 +1,199 @@
+"""Option enums and the converters that check every option of :class:`~periodic.Periodic`."""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import functools
+import inspect
+import math
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+
+class DelayMode(str, enum.Enum):
+    """How the next tick is placed."""
+
+    #: Tick *k* is due at ``start + initial_delay + k * every``; lateness never accumulates.
+    REGULAR = "regular"
+    #: The next tick is due ``every`` after the previous run has finished.
+    SHIFTED = "shifted"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Overlap(str, enum.Enum):
+    """What a tick does while an earlier run is still going."""
+
+    #: Start another instance.
+    RUN = "run"
+    #: Start none; emit ``Skipped(reason="overlap")``.
+    IGNORE = "ignore"
+    #: Cancel the running instances, wait until they have unwound, then start.
+    STOP_PREVIOUS = "stop_previous"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Mode(str, enum.Enum):
+    """Whether the scheduler ticks by itself."""
+
+    #: Ticks come from the clock.
+    AUTO = "auto"
+    #: Ticks come only from :func:`periodic.testing.tick` and friends.
+    MANUAL = "manual"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+def enum_converter(option: str, cls: type[E]) -> Callable[[Any], E]:
+    accepted = ", ".join(repr(m.value) for m in cls)
+
+    def convert(value: Any) -> E:
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, str):
+            raise TypeError(
+                f"{option} must be one of {accepted} or a {cls.__name__}, got {value!r}"
+            )
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"{option} must be one of {accepted}, got {value!r}") from None
+
+    return convert
+
+
+_delay_mode = enum_converter("delay_mode", DelayMode)
+_on_overlap = enum_converter("on_overlap", Overlap)
+_mode = enum_converter("mode", Mode)
+
+
+def delay_mode(value: Any) -> DelayMode:
+    return _delay_mode(value)
+
+
+def on_overlap(value: Any) -> Overlap:
+    return _on_overlap(value)
+
+
+def mode(value: Any) -> Mode:
+    return _mode(value)
+
+
+def _seconds(option: str, value: Any, *, accepts: str) -> float:
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{option} must be {accepts}, got {value!r}")
+    seconds = float(value)
+    if math.isnan(seconds):
+        raise ValueError(f"{option} must be {accepts}, got NaN")
+    return seconds
+
+
+def every(value: Any) -> float:
+    accepts = "a positive, finite number of seconds or a timedelta"
+    seconds = _seconds("every", value, accepts=accepts)
+    if not 0 < seconds < math.inf:
+        raise ValueError(f"every must be {accepts}, got {value!r}")
+    return seconds
+
+
+def initial_delay(value: Any) -> float | None:
+    if value is None:
+        return None
+    accepts = "None (same as every) or a finite number of seconds >= 0 or a timedelta"
+    seconds = _seconds("initial_delay", value, accepts=accepts)
+    if not 0 <= seconds < math.inf:
+        raise ValueError(f"initial_delay must be {accepts}, got {value!r}")
+    return seconds
+
+
+def timeout(value: Any) -> float:
+    """``None`` and ``math.inf`` both become ``math.inf``: no limit."""
+    if value is None:
+        return math.inf
+    accepts = "None, math.inf, or a number of seconds > 0 or a timedelta"
+    seconds = _seconds("timeout", value, accepts=accepts)
+    if not seconds > 0:
+        raise ValueError(f"timeout must be {accepts}, got {value!r}")
+    return seconds
+
+
+def job_shutdown(value: Any) -> float:
+    accepts = "a number of seconds >= 0, math.inf, or a timedelta"
+    seconds = _seconds("job_shutdown", value, accepts=accepts)
+    if not seconds >= 0:
+        raise ValueError(f"job_shutdown must be {accepts}, got {value!r}")
+    return seconds
+
+
+def unwrap_partial(fn: Any) -> Any:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return fn
+
+
+def is_async_callable(fn: Any) -> bool:
+    target = unwrap_partial(fn)
+    if inspect.iscoroutinefunction(target):
+        return True
+    call = getattr(type(target), "__call__", None)  # noqa: B004 - callable instances
+    return not inspect.isfunction(target) and inspect.iscoroutinefunction(call)
+
+
+def check_run(value: Any) -> Any:
+    if value is None:
+        raise TypeError("run is required: pass the job function, e.g. Periodic(run=cleanup)")
+    if inspect.iscoroutine(value) or inspect.isawaitable(value):
+        if inspect.iscoroutine(value):
+            value.close()  # keeps Python from warning that it was never awaited
+        raise TypeError(
+            f"run must be the job function itself, not an awaitable: pass run=f, not run=f() "
+            f"(got {value!r})"
+        )
+    if not callable(value):
+        raise TypeError(f"run must be a callable taking no arguments, got {value!r}")
+    try:
+        sig = inspect.signature(value)
+    except (TypeError, ValueError):
+        return value  # some builtins have no signature; trust the caller
+    try:
+        sig.bind()
+    except TypeError:
+        raise TypeError(
+            f"run must be callable with no arguments, but {value!r} has signature {sig}; "
+            "bind its arguments with functools.partial"
+        ) from None
+    return value
+
+
+def check_when(value: Any) -> Any:
+    if value is not None and not callable(value):
+        raise TypeError(
+            f"when must be None or a callable returning a bool (sync or async), got {value!r}"
+        )
+    return value
+
+
+def check_name(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"name must be a non-empty str, got {value!r}")
+    if not value.strip():
+        raise ValueError(f"name must be a non-empty str, got {value!r}")
+    return value
+
+
+def default_name(run: Any) -> str:
+    target = unwrap_partial(run)
+    name = getattr(target, "__qualname__", None) or getattr(target, "__name__", None)
+    if not isinstance(name, str):
+        name = type(target).__qualname__
+    return name

@@ -1,0 +1,404 @@
+"""The scheduler: :class:`Periodic` and its ``serve`` loop."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import types
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+import trio
+
+from . import _options
+from ._events import (
+    CancelReason,
+    Finished,
+    Outcome,
+    Skipped,
+    SkipReason,
+    Started,
+    StoppedPrevious,
+    emit,
+)
+from ._options import DelayMode, Mode, Overlap
+from ._runinfo import RunInfo, _current
+
+
+@attrs.frozen(kw_only=True)
+class Statistics:
+    """A snapshot of a scheduler's counters; see :meth:`Periodic.statistics`.
+
+    Attributes:
+        runs_started: Runs started since the :class:`Periodic` was made.
+        running: Runs going on now.
+        finished: Finished runs by outcome (``"ok"``, ``"error"``, ``"timeout"``,
+            ``"cancelled"``), every outcome present.
+        skipped: Skipped ticks by reason (``"overlap"``, ``"guard"``, ``"guard_error"``,
+            ``"missed"``), every reason present; ``missed`` counts ticks, not events.
+        next_tick_at: When the next automatic tick is due (``trio.current_time()``), or
+            ``None`` when not served, in manual mode, or in shifted mode while a run goes on.
+    """
+
+    runs_started: int
+    running: int
+    finished: Mapping[str, int]
+    skipped: Mapping[str, int]
+    next_tick_at: float | None
+
+
+@attrs.define(eq=False)
+class _Run:
+    run_id: int
+    scheduled_at: float
+    scope: trio.CancelScope
+    done: trio.Event = attrs.field(factory=trio.Event)
+    cancel_reason: CancelReason | None = None
+
+    def cancel(self, reason: CancelReason) -> None:
+        # A run whose timeout already fired stays a timeout.
+        if self.cancel_reason is None and not self.scope.cancel_called:
+            self.cancel_reason = reason
+        self.scope.cancel()
+
+
+@attrs.define(eq=False)
+class _State:
+    serving: bool = False
+    accepting: bool = False
+    nursery: trio.Nursery | None = None
+    tick_lock: trio.Lock | None = None
+    running: dict[int, _Run] = attrs.field(factory=dict)
+    next_run_id: int = 1
+    runs_started: int = 0
+    finished: dict[str, int] = attrs.field(factory=lambda: dict.fromkeys(Outcome, 0))
+    skipped: dict[str, int] = attrs.field(factory=lambda: dict.fromkeys(SkipReason, 0))
+    next_tick_at: float | None = None
+
+
+@attrs.frozen(kw_only=True, eq=False, repr=False)
+class Periodic:
+    """A job run every ``every`` seconds, each run in a task of its own.
+
+    Make one with keyword options, then serve it in a nursery::
+
+        job = Periodic(run=cleanup, every=3600)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(job.serve)
+
+    Options (see the *Options* page of the docs for every detail):
+
+    Args:
+        run: The job: a zero-argument async function (awaited) or sync function (run in
+            a worker thread).
+        every: Seconds (``int``/``float``) or a ``timedelta`` between ticks; > 0, finite.
+        initial_delay: Time from the start of ``serve`` to the first tick; >= 0. Default:
+            ``every``.
+        delay_mode: ``"regular"`` (fixed rate, the default) or ``"shifted"`` (fixed pause
+            after each run).
+        when: A guard called (and awaited if it returns an awaitable) at each tick; a
+            false result skips the tick.
+        on_overlap: ``"run"`` (default), ``"ignore"`` or ``"stop_previous"``.
+        timeout: Seconds a run may take before it is cancelled; ``None`` or ``math.inf``
+            (default: ``None``) for no limit.
+        job_shutdown: Seconds running instances get to finish when ``serve`` is
+            cancelled, before they are cancelled; ``math.inf`` waits for them. Default 5.
+        name: The job's name in events, logs and telemetry. Default: the function's
+            ``__qualname__``.
+        mode: ``"auto"`` (default) ticks by the clock; ``"manual"`` only when told to by
+            :mod:`periodic.testing`.
+
+    Raises:
+        TypeError: An option has the wrong type, ``run`` is missing, is a coroutine
+            object or needs arguments, or an unknown keyword was given.
+        ValueError: An option has a value out of range (each message names the option
+            and what it accepts).
+    """
+
+    run: Callable[[], Any] = attrs.field(converter=_options.check_run)
+    every: float = attrs.field(converter=_options.every)
+    initial_delay: float = attrs.field(converter=_options.initial_delay)
+    delay_mode: DelayMode = attrs.field(default=DelayMode.REGULAR, converter=_options.delay_mode)
+    when: Callable[[], Any] | None = attrs.field(default=None, converter=_options.check_when)
+    on_overlap: Overlap = attrs.field(default=Overlap.RUN, converter=_options.on_overlap)
+    timeout: float = attrs.field(default=None, converter=_options.timeout)
+    job_shutdown: float = attrs.field(default=5.0, converter=_options.job_shutdown)
+    name: str = attrs.field(converter=_options.check_name)
+    mode: Mode = attrs.field(default=Mode.AUTO, converter=_options.mode)
+
+    _is_async: bool = attrs.field(init=False)
+    _state: _State = attrs.field(init=False, factory=_State)
+
+    @initial_delay.default
+    def _initial_delay_default(self) -> float:
+        return self.every
+
+    @name.default
+    def _name_default(self) -> str:
+        return _options.default_name(self.run)
+
+    @_is_async.default
+    def _is_async_default(self) -> bool:
+        return _options.is_async_callable(self.run)
+
+    def __repr__(self) -> str:
+        return (
+            f"Periodic(name={self.name!r}, every={self.every!r}, "
+            f"delay_mode={self.delay_mode.value!r}, mode={self.mode.value!r})"
+        )
+
+    # -- public API -------------------------------------------------------------------
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run the scheduler until cancelled.
+
+        Start it with ``await nursery.start(job.serve)``: that returns once the first tick
+        is armed. When ``serve`` is cancelled it stops ticking, gives running instances
+        ``job_shutdown`` seconds to finish, cancels the rest, and returns once every run
+        (and every worker thread of a sync job) is over. A ``Periodic`` can be served again
+        after ``serve`` has returned.
+
+        Raises:
+            RuntimeError: This ``Periodic`` is already being served.
+        """
+        state = self._state
+        if state.serving:
+            raise RuntimeError(
+                f"{self!r} is already being served; a Periodic can be served by one task "
+                "at a time (make another Periodic to run the job twice)"
+            )
+        state.serving = True
+        try:
+            async with trio.open_nursery() as nursery:
+                state.nursery = nursery
+                state.tick_lock = trio.Lock()
+                state.accepting = True
+                try:
+                    if self.mode is Mode.MANUAL:
+                        task_status.started()
+                        await trio.sleep_forever()
+                    else:
+                        await self._clock_loop(task_status)
+                finally:
+                    state.accepting = False
+                    state.next_tick_at = None
+                    await self._shutdown_runs()
+        finally:
+            state.serving = False
+            state.nursery = None
+            state.tick_lock = None
+
+    def statistics(self) -> Statistics:
+        """Return a frozen snapshot of this scheduler's counters."""
+        state = self._state
+        return Statistics(
+            runs_started=state.runs_started,
+            running=len(state.running),
+            finished=types.MappingProxyType({str(k): v for k, v in state.finished.items()}),
+            skipped=types.MappingProxyType({str(k): v for k, v in state.skipped.items()}),
+            next_tick_at=state.next_tick_at,
+        )
+
+    # -- the clock --------------------------------------------------------------------
+
+    async def _clock_loop(self, task_status: trio.TaskStatus[None]) -> None:
+        state = self._state
+        every = self.every
+        regular = self.delay_mode is DelayMode.REGULAR
+        # Regular ticks sit on a grid base + k * every: computing each from k (rather than
+        # adding every to the last one) keeps float error from accumulating into drift.
+        base = trio.current_time() + self.initial_delay
+        k = 0
+        due = base
+        state.next_tick_at = due
+        task_status.started()
+        while True:
+            await trio.sleep_until(due)
+            if regular:
+                late = trio.current_time() - due
+                if late >= every:
+                    missed = int(late // every)
+                    self._skip(SkipReason.MISSED, due, count=missed)
+                    k += missed
+                    due = base + k * every
+                await self._tick(due)
+                k += 1
+                due = base + k * every
+            else:
+                state.next_tick_at = None
+                run = await self._tick(due)
+                if run is not None:
+                    await run.done.wait()
+                due = trio.current_time() + every
+            state.next_tick_at = due
+
+    async def _manual_tick(self) -> _Run | None:
+        """One tick now, for :mod:`periodic.testing`; the caller checked mode and serving."""
+        lock = self._state.tick_lock
+        assert lock is not None
+        async with lock:
+            return await self._tick(trio.current_time())
+
+    async def _tick(self, scheduled_at: float) -> _Run | None:
+        """Apply the guards in order; start a run unless one of them says no."""
+        if self.when is not None:
+            try:
+                verdict = self.when()
+                if inspect.isawaitable(verdict):
+                    verdict = await verdict
+                go = bool(verdict)
+            except Exception as exc:
+                self._skip(SkipReason.GUARD_ERROR, scheduled_at, error=exc)
+                return None
+            if not go:
+                self._skip(SkipReason.GUARD, scheduled_at)
+                return None
+        running = self._state.running
+        if running:
+            if self.on_overlap is Overlap.IGNORE:
+                self._skip(SkipReason.OVERLAP, scheduled_at)
+                return None
+            if self.on_overlap is Overlap.STOP_PREVIOUS:
+                await self._stop_previous(list(running.values()))
+        return self._spawn(scheduled_at)
+
+    async def _stop_previous(self, runs: list[_Run]) -> None:
+        for run in runs:
+            run.cancel(CancelReason.STOP_PREVIOUS)
+            emit(StoppedPrevious(job=self.name, run_id=run.run_id), self)
+        for run in runs:
+            await run.done.wait()
+
+    def _skip(
+        self,
+        reason: SkipReason,
+        scheduled_at: float,
+        *,
+        count: int = 1,
+        error: BaseException | None = None,
+    ) -> None:
+        self._state.skipped[reason] += count
+        emit(
+            Skipped(
+                job=self.name, reason=reason, scheduled_at=scheduled_at, count=count, error=error
+            ),
+            self,
+        )
+
+    # -- runs -------------------------------------------------------------------------
+
+    def _spawn(self, scheduled_at: float) -> _Run | None:
+        state = self._state
+        if not state.accepting or state.nursery is None:
+            return None
+        run = _Run(state.next_run_id, scheduled_at, trio.CancelScope(shield=True))
+        state.next_run_id += 1
+        state.running[run.run_id] = run
+        state.nursery.start_soon(
+            self._run_task, run, name=f"periodic {self.name} run {run.run_id}"
+        )
+        return run
+
+    async def _run_task(self, run: _Run) -> None:
+        state = self._state
+        started_at = trio.current_time()
+        _current.set(
+            RunInfo(
+                job=self.name,
+                run_id=run.run_id,
+                scheduled_at=run.scheduled_at,
+                started_at=started_at,
+            )
+        )
+        state.runs_started += 1
+        emit(
+            Started(
+                job=self.name,
+                run_id=run.run_id,
+                scheduled_at=run.scheduled_at,
+                started_at=started_at,
+            ),
+            self,
+        )
+        scope = run.scope
+        if self.timeout != math.inf:
+            scope.deadline = started_at + self.timeout
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            try:
+                with scope:
+                    try:
+                        if self._is_async:
+                            result = await self.run()
+                        else:
+                            result = await trio.to_thread.run_sync(self._call_sync)
+                    except Exception as exc:
+                        error = exc
+            except Exception as exc:
+                # What is left of an exception group once the scope removed its own
+                # Cancelled (a job's nursery cancelled by timeout or stop_previous).
+                error = exc
+        except BaseException as exc:
+            # KeyboardInterrupt and the like: report the run, then let it through.
+            self._finish(run, Outcome.CANCELLED, started_at, error=exc)
+            raise
+        if scope.cancel_called:
+            outcome = Outcome.CANCELLED if run.cancel_reason is not None else Outcome.TIMEOUT
+            result = None
+        elif error is not None:
+            outcome = Outcome.ERROR
+        else:
+            outcome = Outcome.OK
+        self._finish(run, outcome, started_at, result=result, error=error)
+
+    def _call_sync(self) -> Any:
+        result = self.run()
+        if inspect.iscoroutine(result):
+            result.close()
+            raise TypeError(
+                f"job {self.name!r}: run is a sync callable that returned a coroutine; "
+                "pass an async function instead"
+            )
+        return result
+
+    def _finish(
+        self,
+        run: _Run,
+        outcome: Outcome,
+        started_at: float,
+        *,
+        result: Any = None,
+        error: BaseException | None = None,
+    ) -> None:
+        state = self._state
+        del state.running[run.run_id]
+        state.finished[outcome] += 1
+        emit(
+            Finished(
+                job=self.name,
+                run_id=run.run_id,
+                outcome=outcome,
+                duration=trio.current_time() - started_at,
+                result=result,
+                error=error,
+                cancel_reason=run.cancel_reason if outcome is Outcome.CANCELLED else None,
+            ),
+            self,
+        )
+        run.done.set()
+
+    async def _shutdown_runs(self) -> None:
+        """Give running instances ``job_shutdown`` seconds, then cancel them."""
+        running = self._state.running
+        if not running:
+            return
+        with trio.CancelScope(shield=True) as grace:
+            grace.deadline = trio.current_time() + self.job_shutdown
+            for run in list(running.values()):
+                await run.done.wait()
+        for run in list(running.values()):
+            run.cancel(CancelReason.SHUTDOWN)

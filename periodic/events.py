@@ -1,0 +1,33 @@
+"""The events a scheduler emits, and :func:`subscribe` to receive them.
+
+Every event is a frozen record with a ``job`` field (the job's name). Each run emits
+exactly one :class:`Started` and one :class:`Finished`; each tick that starts no run emits
+one :class:`Skipped`; ``on_overlap="stop_previous"`` emits a :class:`StoppedPrevious` for
+each run it cancels.
+"""
+
+from ._events import CancelReason as CancelReason
+from ._events import Event as Event
+from ._events import Finished as Finished
+from ._events import Handler as Handler
+from ._events import Outcome as Outcome
+from ._events import Skipped as Skipped
+from ._events import SkipReason as SkipReason
+from ._events import Started as Started
+from ._events import StoppedPrevious as StoppedPrevious
+from ._events import Subscription as Subscription
+from ._events import subscribe as subscribe
+
+__all__ = [
+    "CancelReason",
+    "Event",
+    "Finished",
+    "Handler",
+    "Outcome",
+    "SkipReason",
+    "Skipped",
+    "Started",
+    "StoppedPrevious",
+    "Subscription",
+    "subscribe",
+]
