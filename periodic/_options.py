@@ -58,7 +58,7 @@ def enum_converter(option: str, cls: type[E]) -> Callable[[Any], E]:
     def convert(value: Any) -> E:
         if isinstance(value, cls):
             return value
-        if not isinstance(value, str):
+        if not isinstance(value, str) or isinstance(value, enum.Enum):
             raise TypeError(
                 f"{option} must be one of {accepted} or a {cls.__name__}, got {value!r}"
             )
@@ -92,7 +92,10 @@ def _seconds(option: str, value: Any, *, accepts: str) -> float:
         return value.total_seconds()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{option} must be {accepts}, got {value!r}")
-    seconds = float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:
+        raise ValueError(f"{option} must be {accepts}, got an integer too large") from None
     if math.isnan(seconds):
         raise ValueError(f"{option} must be {accepts}, got NaN")
     return seconds
@@ -106,10 +109,8 @@ def every(value: Any) -> float:
     return seconds
 
 
-def initial_delay(value: Any) -> float | None:
-    if value is None:
-        return None
-    accepts = "None (same as every) or a finite number of seconds >= 0 or a timedelta"
+def initial_delay(value: Any) -> float:
+    accepts = "a finite number of seconds >= 0 or a timedelta (default: every)"
     seconds = _seconds("initial_delay", value, accepts=accepts)
     if not 0 <= seconds < math.inf:
         raise ValueError(f"initial_delay must be {accepts}, got {value!r}")

@@ -55,6 +55,10 @@ class _Run:
     scope: trio.CancelScope
     done: trio.Event = attrs.field(factory=trio.Event)
     cancel_reason: CancelReason | None = None
+    started: bool = False
+    # stop_previous reached the run before its task began: StoppedPrevious must still
+    # come after its Started, so the run's task emits it.
+    stop_pending: bool = False
 
     def cancel(self, reason: CancelReason) -> None:
         # A run whose timeout already fired stays a timeout.
@@ -268,7 +272,10 @@ class Periodic:
     async def _stop_previous(self, runs: list[_Run]) -> None:
         for run in runs:
             run.cancel(CancelReason.STOP_PREVIOUS)
-            emit(StoppedPrevious(job=self.name, run_id=run.run_id), self)
+            if run.started:
+                emit(StoppedPrevious(job=self.name, run_id=run.run_id), self)
+            else:
+                run.stop_pending = True
         for run in runs:
             await run.done.wait()
 
@@ -323,6 +330,9 @@ class Periodic:
             ),
             self,
         )
+        run.started = True
+        if run.stop_pending:
+            emit(StoppedPrevious(job=self.name, run_id=run.run_id), self)
         scope = run.scope
         if self.timeout != math.inf:
             scope.deadline = started_at + self.timeout
