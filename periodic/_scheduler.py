@@ -24,6 +24,7 @@ from ._events import (
 )
 from ._options import DelayMode, Mode, Overlap
 from ._runinfo import RunInfo, _current
+from .exceptions import NotInManualMode
 
 
 @attrs.frozen(kw_only=True)
@@ -56,6 +57,7 @@ class _Run:
     done: trio.Event = attrs.field(factory=trio.Event)
     cancel_reason: CancelReason | None = None
     started: bool = False
+    finished: Finished | None = None
     # stop_previous reached the run before its task began: StoppedPrevious must still
     # come after its Started, so the run's task emits it.
     stop_pending: bool = False
@@ -234,20 +236,42 @@ class Periodic:
             else:
                 state.next_tick_at = None
                 run = await self._tick(due)
-                if run is not None:
+                if isinstance(run, _Run):
                     await run.done.wait()
                 due = trio.current_time() + every
             state.next_tick_at = due
 
-    async def _manual_tick(self) -> _Run | None:
-        """One tick now, for :mod:`periodic.testing`; the caller checked mode and serving."""
-        lock = self._state.tick_lock
-        assert lock is not None
-        async with lock:
-            return await self._tick(trio.current_time())
+    async def _manual_tick(self) -> _Run | Skipped:
+        """One tick due now, for :mod:`periodic.testing`.
 
-    async def _tick(self, scheduled_at: float) -> _Run | None:
-        """Apply the guards in order; start a run unless one of them says no."""
+        Raises:
+            NotInManualMode: The scheduler ticks by itself.
+            RuntimeError: The scheduler is not being served (or is shutting down).
+        """
+        if self.mode is not Mode.MANUAL:
+            raise NotInManualMode(
+                f"{self!r} is in auto mode; only a Periodic made with mode='manual' can be "
+                "ticked by hand (periodic.testing.manual(job) makes a manual copy)"
+            )
+        state = self._state
+        lock = state.tick_lock
+        if not state.accepting or lock is None:
+            raise RuntimeError(
+                f"{self!r} is not being served: start it first, "
+                "e.g. await nursery.start(job.serve)"
+            )
+        async with lock:
+            outcome = await self._tick(trio.current_time())
+        if outcome is None:
+            raise RuntimeError(f"{self!r} stopped being served during the tick")
+        return outcome
+
+    async def _tick(self, scheduled_at: float) -> _Run | Skipped | None:
+        """Apply the guards in order; start a run unless one of them says no.
+
+        Returns the run, the Skipped event when no run started, or ``None`` when serve is
+        shutting down.
+        """
         if self.when is not None:
             try:
                 verdict = self.when()
@@ -255,16 +279,13 @@ class Periodic:
                     verdict = await verdict
                 go = bool(verdict)
             except Exception as exc:
-                self._skip(SkipReason.GUARD_ERROR, scheduled_at, error=exc)
-                return None
+                return self._skip(SkipReason.GUARD_ERROR, scheduled_at, error=exc)
             if not go:
-                self._skip(SkipReason.GUARD, scheduled_at)
-                return None
+                return self._skip(SkipReason.GUARD, scheduled_at)
         running = self._state.running
         if running:
             if self.on_overlap is Overlap.IGNORE:
-                self._skip(SkipReason.OVERLAP, scheduled_at)
-                return None
+                return self._skip(SkipReason.OVERLAP, scheduled_at)
             if self.on_overlap is Overlap.STOP_PREVIOUS:
                 await self._stop_previous(list(running.values()))
         return self._spawn(scheduled_at)
@@ -286,14 +307,13 @@ class Periodic:
         *,
         count: int = 1,
         error: BaseException | None = None,
-    ) -> None:
+    ) -> Skipped:
         self._state.skipped[reason] += count
-        emit(
-            Skipped(
-                job=self.name, reason=reason, scheduled_at=scheduled_at, count=count, error=error
-            ),
-            self,
+        event = Skipped(
+            job=self.name, reason=reason, scheduled_at=scheduled_at, count=count, error=error
         )
+        emit(event, self)
+        return event
 
     # -- runs -------------------------------------------------------------------------
 
@@ -387,18 +407,16 @@ class Periodic:
         state = self._state
         del state.running[run.run_id]
         state.finished[outcome] += 1
-        emit(
-            Finished(
-                job=self.name,
-                run_id=run.run_id,
-                outcome=outcome,
-                duration=trio.current_time() - started_at,
-                result=result,
-                error=error,
-                cancel_reason=run.cancel_reason if outcome is Outcome.CANCELLED else None,
-            ),
-            self,
+        run.finished = event = Finished(
+            job=self.name,
+            run_id=run.run_id,
+            outcome=outcome,
+            duration=trio.current_time() - started_at,
+            result=result,
+            error=error,
+            cancel_reason=run.cancel_reason if outcome is Outcome.CANCELLED else None,
         )
+        emit(event, self)
         run.done.set()
 
     async def _shutdown_runs(self) -> None:

@@ -14,3 +14,6 @@ def events() -> Iterator[list[Event]]:
     seen: list[Event] = []
     with periodic.subscribe(seen.append):
         yield seen
+
+
+pytest_plugins = ["pytester"]

@@ -1,0 +1,21 @@
+"""Test your periodic jobs: manual ticks, event capture, and virtual-time serving.
+
+See the "Testing your periodic jobs" page of the docs. The pytest fixtures
+``periodic_events`` and ``periodic_manual`` come with the package (pytest plugin).
+"""
+
+from ._testing import CapturedEvents as CapturedEvents
+from ._testing import capture_events as capture_events
+from ._testing import manual as manual
+from ._testing import serve_for as serve_for
+from ._testing import sync_tick as sync_tick
+from ._testing import tick as tick
+
+__all__ = [
+    "CapturedEvents",
+    "capture_events",
+    "manual",
+    "serve_for",
+    "sync_tick",
+    "tick",
+]
