@@ -1,5 +1,6 @@
 """Supervised periodic jobs for Trio."""
 
+from . import _telemetry as _telemetry  # subscribes the OpenTelemetry handler
 from . import events as events
 from . import exceptions as exceptions
 from ._events import subscribe as subscribe

@@ -133,15 +133,23 @@ class _EventLogger:
 
     def _skipped(self, event: Skipped) -> None:
         level = _SKIP_LEVELS.get(event.reason, logging.INFO)
+        if not self._enabled(level):
+            return
         if event.reason is SkipReason.MISSED:
             text = f"missed {event.count} tick{'s' if event.count != 1 else ''}: it ran late"
         else:
             text = _SKIP_TEXT.get(event.reason, f"skipped a tick ({event.reason})")
+        msg = "job %r %s"
+        args: tuple[Any, ...] = (event.job, text)
+        if event.error is not None:
+            # As for a failed run: one-line formats that drop the traceback keep the error.
+            msg += ": %r"
+            args += (event.error,)
         self._log(
             level,
             event,
-            "job %r %s",
-            (event.job, text),
+            msg,
+            args,
             {
                 "periodic_reason": str(event.reason),
                 "periodic_count": event.count,

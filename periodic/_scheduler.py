@@ -221,16 +221,24 @@ class Periodic:
         due = base
         state.next_tick_at = due
         task_status.started()
+
+        def catch_up() -> float:
+            # Coalesce the ticks this one is late for into one "missed" event; the tick
+            # then stands in for the latest one due.
+            nonlocal k, due
+            late = trio.current_time() - due
+            if late >= every:
+                missed = int(late // every)
+                self._skip(SkipReason.MISSED, due, count=missed)
+                k += missed
+                due = base + k * every
+            return due
+
         while True:
             await trio.sleep_until(due)
             if regular:
-                late = trio.current_time() - due
-                if late >= every:
-                    missed = int(late // every)
-                    self._skip(SkipReason.MISSED, due, count=missed)
-                    k += missed
-                    due = base + k * every
-                await self._tick(due)
+                catch_up()
+                await self._tick(due, catch_up=catch_up)
                 k += 1
                 due = base + k * every
             else:
@@ -266,11 +274,14 @@ class Periodic:
             raise RuntimeError(f"{self!r} stopped being served during the tick")
         return outcome
 
-    async def _tick(self, scheduled_at: float) -> _Run | Skipped | None:
+    async def _tick(
+        self, scheduled_at: float, *, catch_up: Callable[[], float] | None = None
+    ) -> _Run | Skipped | None:
         """Apply the guards in order; start a run unless one of them says no.
 
         Returns the run, the Skipped event when no run started, or ``None`` when serve is
-        shutting down.
+        shutting down. ``catch_up`` re-applies the missed-tick rule after a stop_previous
+        wait and returns the tick's new due time.
         """
         if self.when is not None:
             try:
@@ -288,6 +299,10 @@ class Periodic:
                 return self._skip(SkipReason.OVERLAP, scheduled_at)
             if self.on_overlap is Overlap.STOP_PREVIOUS:
                 await self._stop_previous(list(running.values()))
+                if catch_up is not None:
+                    # The wait may have outlasted a period: don't start a run for a tick
+                    # that the next one would stop at once.
+                    scheduled_at = catch_up()
         return self._spawn(scheduled_at)
 
     async def _stop_previous(self, runs: list[_Run]) -> None:

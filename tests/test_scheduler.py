@@ -339,19 +339,20 @@ async def test_stop_previous_with_a_long_unwind_misses_ticks(
             with trio.CancelScope(shield=True):
                 await trio.sleep(1.5)
 
-    await serve_for(Periodic(run=job, every=1, on_overlap="stop_previous"), 5.5)
-    # Tick at 2.0 stops run 1, which unwinds until 3.5: run 2 starts at 3.5 (for 2.0).
-    # The tick due 3.0 is late by 0.5 < every: it runs at 3.5 too, stopping run 2
-    # (unwound at 5.0) and starting run 3 then. At 5.0 the tick due 4.0 is a full
-    # period late: it is missed, and the tick for 5.0 runs, stopping run 3.
+    await serve_for(Periodic(run=job, every=1, on_overlap="stop_previous"), 6.5)
+    # The tick at 2.0 stops run 1, which unwinds until 3.5. By then the tick due 3.0 has
+    # come too: 2.0 is reported missed and run 2 starts at 3.5 in place of 3.0 (no run
+    # is started only to be stopped at once). The same at 4.0: run 3 starts at 5.5 for
+    # 5.0. The tick at 6.0 stops run 3; serve is cancelled during that wait.
     started = of(Started, events)
     assert [(s.scheduled_at, s.started_at) for s in started] == [
         (1.0, 1.0),
-        (2.0, 3.5),
-        (3.0, 5.0),
+        (3.0, 3.5),
+        (5.0, 5.5),
     ]
     assert [(s.reason, s.scheduled_at, s.count) for s in of(Skipped, events)] == [
-        (SkipReason.MISSED, 4.0, 1)
+        (SkipReason.MISSED, 2.0, 1),
+        (SkipReason.MISSED, 4.0, 1),
     ]
     assert [e.run_id for e in of(StoppedPrevious, events)] == [1, 2, 3]
 
