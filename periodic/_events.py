@@ -42,6 +42,8 @@ class SkipReason(str, enum.Enum):
     GUARD_ERROR = "guard_error"
     #: The scheduler woke up too late for one or more ticks.
     MISSED = "missed"
+    #: The job's peer is not the leader of its cluster.
+    NOT_LEADER = "not_leader"
 
     def __str__(self) -> str:
         return self.value
@@ -54,6 +56,8 @@ class CancelReason(str, enum.Enum):
     STOP_PREVIOUS = "stop_previous"
     #: ``serve`` was cancelled and ``job_shutdown`` ran out.
     SHUTDOWN = "shutdown"
+    #: The job's peer lost the leadership the run was started under.
+    LEADERSHIP_LOST = "leadership_lost"
 
     def __str__(self) -> str:
         return self.value
@@ -135,7 +139,29 @@ class StoppedPrevious:
     run_id: int
 
 
-Event = Started | Finished | Skipped | StoppedPrevious
+@attrs.frozen(kw_only=True)
+class LeadershipChanged:
+    """A peer gained or lost the leadership of its election.
+
+    Attributes:
+        name: The election's name.
+        node: The node of the peer that changed.
+        gained: ``True`` when it became leader, ``False`` when it stopped being leader.
+        fence: The lease epoch it gained, or the one it held until it lost it.
+        leader: The holder now, when known (``None`` when unknown or nobody).
+        reason: Why, in a few words (``"elected"``, ``"lease expired"``, ``"error"``,
+            ``"stopped"``, ``"taken over"``, …).
+    """
+
+    name: str
+    node: str
+    gained: bool
+    fence: int | None
+    leader: str | None
+    reason: str
+
+
+Event = Started | Finished | Skipped | StoppedPrevious | LeadershipChanged
 Handler = Callable[[Event], object]
 
 
@@ -188,10 +214,14 @@ class _Bus:
     def remove(self, sub: Subscription) -> None:
         self.subscriptions = tuple(s for s in self.subscriptions if s is not sub)
 
-    def emit(self, event: Event, source: Periodic) -> None:
+    def emit(self, event: Event, source: object) -> None:
         for sub in self.subscriptions:
             wanted = sub.job
-            if wanted is not None and wanted is not source and wanted != event.job:
+            if (
+                wanted is not None
+                and wanted is not source
+                and wanted != getattr(event, "job", None)
+            ):
                 continue
             try:
                 sub.handler(event)
@@ -209,6 +239,9 @@ emit = _bus.emit
 
 def subscribe(handler: Handler, *, job: str | Periodic | None = None) -> Subscription:
     """Call ``handler(event)`` for every event a scheduler emits from now on.
+
+    A ``job`` filter passes that job's events only; :class:`LeadershipChanged` events,
+    which belong to a peer rather than a job, reach unfiltered subscriptions.
 
     Subscriptions are process-wide and may be made before ``trio.run``. Handlers are
     called synchronously, in the order they subscribed, in the task that emits the event

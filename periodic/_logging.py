@@ -13,6 +13,7 @@ from ._events import (
     CancelReason,
     Event,
     Finished,
+    LeadershipChanged,
     Outcome,
     Skipped,
     SkipReason,
@@ -30,11 +31,13 @@ _SKIP_LEVELS = {
     SkipReason.GUARD: logging.INFO,
     SkipReason.GUARD_ERROR: logging.ERROR,
     SkipReason.MISSED: logging.WARNING,
+    SkipReason.NOT_LEADER: logging.INFO,
 }
 _SKIP_TEXT = {
     SkipReason.OVERLAP: "skipped a tick: the previous run is still going (on_overlap=ignore)",
     SkipReason.GUARD: "skipped a tick: the when-guard said no",
     SkipReason.GUARD_ERROR: "skipped a tick: the when-guard raised",
+    SkipReason.NOT_LEADER: "skipped a tick: this process is not the leader",
 }
 
 
@@ -67,6 +70,34 @@ class _EventLogger:
                 (event.job, event.run_id),
                 {"periodic_run_id": event.run_id},
             )
+        elif isinstance(event, LeadershipChanged):
+            self._leadership(event)
+
+    def _leadership(self, event: LeadershipChanged) -> None:
+        fields = {
+            "periodic_peer": event.name,
+            "periodic_node": event.node,
+            "periodic_fence": event.fence,
+            "periodic_leader": event.leader,
+            "periodic_reason": event.reason,
+        }
+        if event.gained:
+            self._log(
+                logging.INFO,
+                event,
+                "peer %r is now leader of %r with fence %s (%s)",
+                (event.node, event.name, event.fence, event.reason),
+                fields,
+            )
+        else:
+            holder = f"; leader now {event.leader!r}" if event.leader else ""
+            self._log(
+                logging.WARNING,
+                event,
+                "peer %r lost the leadership of %r (fence %s): %s%s",
+                (event.node, event.name, event.fence, event.reason, holder),
+                fields,
+            )
 
     def _enabled(self, level: int) -> bool:
         return level >= self.min_level and logger.isEnabledFor(level)
@@ -82,7 +113,11 @@ class _EventLogger:
     ) -> None:
         if not self._enabled(level):
             return
-        extra = {"periodic_event": type(event).__name__, "periodic_job": event.job, **fields}
+        extra = {
+            "periodic_event": type(event).__name__,
+            "periodic_job": getattr(event, "job", None),
+            **fields,
+        }
         exc_info = (type(exc), exc, exc.__traceback__) if exc is not None else None
         logger.log(level, msg, *args, extra=extra, exc_info=exc_info)
 

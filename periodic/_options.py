@@ -198,3 +198,20 @@ def default_name(run: Any) -> str:
     if not isinstance(name, str):
         name = type(target).__qualname__
     return name
+
+
+def check_peer(value: Any) -> Any:
+    from .peers._base import Peer
+
+    if value is not None and not isinstance(value, Peer):
+        raise TypeError(
+            f"peer must be None or a periodic.peers.Peer (LocalPeer, SQLitePeer, "
+            f"PostgresPeer, or your own subclass), got {value!r}"
+        )
+    return value
+
+
+def check_cancel_on_leadership_loss(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"cancel_on_leadership_loss must be a bool, got {value!r}")
+    return value

@@ -25,6 +25,7 @@ from ._events import (
 from ._options import DelayMode, Mode, Overlap
 from ._runinfo import RunInfo, _current
 from .exceptions import NotInManualMode
+from .peers._base import Peer
 
 
 @attrs.frozen(kw_only=True)
@@ -53,6 +54,7 @@ class Statistics:
 class _Run:
     run_id: int
     scheduled_at: float
+    fence: int | None
     scope: trio.CancelScope
     done: trio.Event = attrs.field(factory=trio.Event)
     cancel_reason: CancelReason | None = None
@@ -114,6 +116,11 @@ class Periodic:
             ``__qualname__``.
         mode: ``"auto"`` (default) ticks by the clock; ``"manual"`` only when told to by
             :mod:`periodic.testing`.
+        peer: A :class:`periodic.peers.Peer`: a tick starts a run only while it leads,
+            and the run carries its fence. Default ``None``: no leadership guard.
+        cancel_on_leadership_loss: With a ``peer``, cancel the runs started under a
+            leadership once it is lost (default ``True``); ``False`` lets them finish,
+            for jobs that fence their own writes.
 
     Raises:
         TypeError: An option has the wrong type, ``run`` is missing, is a coroutine
@@ -132,6 +139,10 @@ class Periodic:
     job_shutdown: float = attrs.field(default=5.0, converter=_options.job_shutdown)
     name: str = attrs.field(converter=_options.check_name)
     mode: Mode = attrs.field(default=Mode.AUTO, converter=_options.mode)
+    peer: Peer | None = attrs.field(default=None, converter=_options.check_peer)
+    cancel_on_leadership_loss: bool = attrs.field(
+        default=True, converter=_options.check_cancel_on_leadership_loss
+    )
 
     _is_async: bool = attrs.field(init=False)
     _state: _State = attrs.field(init=False, factory=_State)
@@ -182,6 +193,11 @@ class Periodic:
                 state.nursery = nursery
                 state.tick_lock = trio.Lock()
                 state.accepting = True
+                # Shielded like the runs, so leadership loss still stops runs during the
+                # shutdown grace; cancelled once every run is over.
+                watch = trio.CancelScope(shield=True)
+                if self.peer is not None and self.cancel_on_leadership_loss:
+                    nursery.start_soon(self._watch_leadership, self.peer, watch)
                 try:
                     if self.mode is Mode.MANUAL:
                         task_status.started()
@@ -192,6 +208,7 @@ class Periodic:
                     state.accepting = False
                     state.next_tick_at = None
                     await self._shutdown_runs()
+                    watch.cancel()
         finally:
             state.serving = False
             state.nursery = None
@@ -293,6 +310,12 @@ class Periodic:
                 return self._skip(SkipReason.GUARD_ERROR, scheduled_at, error=exc)
             if not go:
                 return self._skip(SkipReason.GUARD, scheduled_at)
+        fence = None
+        peer = self.peer
+        if peer is not None:
+            if not peer.is_leader():
+                return self._skip(SkipReason.NOT_LEADER, scheduled_at)
+            fence = peer.fence
         running = self._state.running
         if running:
             if self.on_overlap is Overlap.IGNORE:
@@ -303,7 +326,10 @@ class Periodic:
                     # The wait may have outlasted a period: don't start a run for a tick
                     # that the next one would stop at once.
                     scheduled_at = catch_up()
-        return self._spawn(scheduled_at)
+        if peer is not None and not peer.is_leader():
+            # Leadership was lost while the previous runs unwound.
+            return self._skip(SkipReason.NOT_LEADER, scheduled_at)
+        return self._spawn(scheduled_at, fence if peer is None else peer.fence)
 
     async def _stop_previous(self, runs: list[_Run]) -> None:
         for run in runs:
@@ -332,11 +358,11 @@ class Periodic:
 
     # -- runs -------------------------------------------------------------------------
 
-    def _spawn(self, scheduled_at: float) -> _Run | None:
+    def _spawn(self, scheduled_at: float, fence: int | None) -> _Run | None:
         state = self._state
         if not state.accepting or state.nursery is None:
             return None
-        run = _Run(state.next_run_id, scheduled_at, trio.CancelScope(shield=True))
+        run = _Run(state.next_run_id, scheduled_at, fence, trio.CancelScope(shield=True))
         state.next_run_id += 1
         state.running[run.run_id] = run
         state.nursery.start_soon(
@@ -353,6 +379,7 @@ class Periodic:
                 run_id=run.run_id,
                 scheduled_at=run.scheduled_at,
                 started_at=started_at,
+                fence=run.fence,
             )
         )
         state.runs_started += 1
@@ -362,6 +389,7 @@ class Periodic:
                 run_id=run.run_id,
                 scheduled_at=run.scheduled_at,
                 started_at=started_at,
+                fence=run.fence,
             ),
             self,
         )
@@ -435,7 +463,7 @@ class Periodic:
         run.done.set()
 
     async def _shutdown_runs(self) -> None:
-        """Give running instances ``job_shutdown`` seconds, then cancel them."""
+        """Give running instances ``job_shutdown`` seconds, cancel them, wait for them."""
         running = self._state.running
         if not running:
             return
@@ -445,3 +473,16 @@ class Periodic:
                 await run.done.wait()
         for run in list(running.values()):
             run.cancel(CancelReason.SHUTDOWN)
+        with trio.CancelScope(shield=True):
+            for run in list(running.values()):
+                await run.done.wait()
+
+    async def _watch_leadership(self, peer: Peer, scope: trio.CancelScope) -> None:
+        """Cancel the runs started under a fence the peer no longer holds."""
+        with scope:
+            while True:
+                await peer.wait_change()
+                current = peer.fence if peer.is_leader() else None
+                for run in list(self._state.running.values()):
+                    if run.fence is not None and run.fence != current:
+                        run.cancel(CancelReason.LEADERSHIP_LOST)

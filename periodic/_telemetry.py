@@ -24,7 +24,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from ._events import Event, Finished, Outcome, Skipped, Started, subscribe
+from ._events import Event, Finished, LeadershipChanged, Outcome, Skipped, Started, subscribe
 from ._version import __version__
 
 _log = logging.getLogger("periodic")
@@ -74,6 +74,8 @@ class _Instruments:
     duration: metrics.Histogram
     lateness: metrics.Histogram
     running: metrics.UpDownCounter
+    leadership: metrics.Counter
+    elections: metrics.Counter
 
     @classmethod
     def create(
@@ -111,6 +113,16 @@ class _Instruments:
             ),
             running=meter.create_up_down_counter(
                 "periodic.running", unit="{run}", description="Runs going on now."
+            ),
+            leadership=meter.create_counter(
+                "periodic.leadership.changes",
+                unit="{change}",
+                description="Leadership gained or lost by a peer, by change.",
+            ),
+            elections=meter.create_counter(
+                "periodic.peer.elections",
+                unit="{election}",
+                description="Lease elections a peer took part in, by result.",
             ),
         )
 
@@ -177,6 +189,23 @@ class _TelemetrySubscriber:
             self._finished(event)
         elif isinstance(event, Skipped):
             self._skipped(event, self._get_instruments())
+        elif isinstance(event, LeadershipChanged):
+            self._leadership(event, self._get_instruments())
+
+    def _leadership(self, event: LeadershipChanged, inst: _Instruments) -> None:
+        try:
+            inst.leadership.add(
+                1,
+                {"periodic.peer": event.name, "change": "gained" if event.gained else "lost"},
+            )
+        except Exception:
+            _log.exception("OpenTelemetry raised while counting a leadership change")
+
+    def record_election(self, name: str, result: str) -> None:
+        try:
+            self._get_instruments().elections.add(1, {"periodic.peer": name, "result": result})
+        except Exception:
+            _log.exception("OpenTelemetry raised while counting an election")
 
     def _get_instruments(self) -> _Instruments:
         instruments = self._instruments
@@ -278,13 +307,18 @@ def _contained(event: Event, doing: str) -> None:
     _log.exception(
         "OpenTelemetry raised while %s (job %r%s); the job and the scheduler go on",
         doing,
-        event.job,
+        getattr(event, "job", None),
         run,
     )
 
 
 _subscriber = _TelemetrySubscriber()
 _subscription = subscribe(_subscriber)
+
+
+def record_election(name: str, result: str) -> None:
+    """Count one lease election of the peer ``name``: ``leader``, ``follower``, ``error``."""
+    _subscriber.record_election(name, result)
 
 
 def _use_providers(

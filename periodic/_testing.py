@@ -10,18 +10,27 @@ from typing import Any, TypeVar, cast, overload
 import attrs
 import trio
 
-from ._events import Event, Finished, Skipped, Started, StoppedPrevious, subscribe
+from ._events import (
+    Event,
+    Finished,
+    LeadershipChanged,
+    Skipped,
+    Started,
+    StoppedPrevious,
+    subscribe,
+)
 from ._options import Mode
 from ._scheduler import Periodic, _Run
 from .exceptions import JobNotStarted
 
-E = TypeVar("E", Started, Finished, Skipped, StoppedPrevious)
+E = TypeVar("E", Started, Finished, Skipped, StoppedPrevious, LeadershipChanged)
 
 _KINDS: dict[str, type[Any]] = {
     "started": Started,
     "finished": Finished,
     "skipped": Skipped,
     "stopped_previous": StoppedPrevious,
+    "leadership_changed": LeadershipChanged,
 }
 
 
@@ -137,7 +146,7 @@ class CapturedEvents(Sequence[Event]):
 
     def of(self, kind: type[E] | str) -> list[E]:
         """The captured events of one kind: a class, or ``"started"``, ``"finished"``,
-        ``"skipped"``, ``"stopped_previous"``.
+        ``"skipped"``, ``"stopped_previous"``, ``"leadership_changed"``.
 
         Raises:
             ValueError: ``kind`` is an unknown name.

@@ -3,13 +3,15 @@
 Every event is a frozen record with a ``job`` field (the job's name). Each run emits
 exactly one :class:`Started` and one :class:`Finished`; each tick that starts no run emits
 one :class:`Skipped`; ``on_overlap="stop_previous"`` emits a :class:`StoppedPrevious` for
-each run it cancels.
+each run it cancels. Peers emit :class:`LeadershipChanged` when they gain or lose the
+leadership of their election.
 """
 
 from ._events import CancelReason as CancelReason
 from ._events import Event as Event
 from ._events import Finished as Finished
 from ._events import Handler as Handler
+from ._events import LeadershipChanged as LeadershipChanged
 from ._events import Outcome as Outcome
 from ._events import Skipped as Skipped
 from ._events import SkipReason as SkipReason
@@ -23,6 +25,7 @@ __all__ = [
     "Event",
     "Finished",
     "Handler",
+    "LeadershipChanged",
     "Outcome",
     "SkipReason",
     "Skipped",

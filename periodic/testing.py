@@ -10,9 +10,11 @@ from ._testing import manual as manual
 from ._testing import serve_for as serve_for
 from ._testing import sync_tick as sync_tick
 from ._testing import tick as tick
+from .peers._base import LocalPeer as LocalPeer
 
 __all__ = [
     "CapturedEvents",
+    "LocalPeer",
     "capture_events",
     "manual",
     "serve_for",

@@ -6,7 +6,13 @@ import importlib
 
 import pytest
 
-PUBLIC_MODULES = ["periodic", "periodic.events", "periodic.exceptions", "periodic.testing"]
+PUBLIC_MODULES = [
+    "periodic",
+    "periodic.cron",
+    "periodic.events",
+    "periodic.exceptions",
+    "periodic.testing",
+]
 
 
 @pytest.mark.parametrize("name", PUBLIC_MODULES)

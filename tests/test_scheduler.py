@@ -559,7 +559,13 @@ async def test_statistics_snapshot(
     assert stats.runs_started == 3
     assert stats.running == 0
     assert dict(stats.finished) == {"ok": 2, "error": 1, "timeout": 0, "cancelled": 0}
-    assert dict(stats.skipped) == {"overlap": 0, "guard": 1, "guard_error": 0, "missed": 0}
+    assert dict(stats.skipped) == {
+        "overlap": 0,
+        "guard": 1,
+        "guard_error": 0,
+        "missed": 0,
+        "not_leader": 0,
+    }
     with pytest.raises(TypeError):
         stats.finished["ok"] = 5  # type: ignore[index]
 

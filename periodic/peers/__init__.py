@@ -1,0 +1,28 @@
+"""Leadership guards: run a job on one process of a cluster.
+
+``Periodic(peer=...)`` starts a run only while its peer leads its election. Backends:
+:class:`LocalPeer` (in-process, set by hand: for tests), :class:`SQLitePeer` (processes on
+one host) and :class:`PostgresPeer` (many hosts; needs ``periodic[postgres]``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._base import LocalPeer as LocalPeer
+from ._base import Peer as Peer
+from ._base import PeerBase as PeerBase
+
+if TYPE_CHECKING:
+    from .sqlite import SQLitePeer as SQLitePeer
+
+__all__ = ["LocalPeer", "Peer", "PeerBase", "SQLitePeer"]
+
+
+def __getattr__(name: str) -> Any:
+    # Each backend imports its driver; load it only when asked for.
+    if name == "SQLitePeer":
+        from .sqlite import SQLitePeer
+
+        return SQLitePeer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

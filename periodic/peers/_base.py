@@ -1,0 +1,240 @@
+"""The :class:`Peer` interface, and the leadership state every backend shares."""
+
+from __future__ import annotations
+
+import abc
+import logging
+import os
+import secrets
+import socket
+
+import trio
+
+from .._events import LeadershipChanged, emit
+
+_log = logging.getLogger("periodic")
+
+
+def default_node() -> str:
+    """``host:pid:random`` — unique per process, even for processes sharing a host name."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class Peer(abc.ABC):
+    """Decides whether this process is the leader of its cluster.
+
+    A ``Periodic(peer=...)`` asks :meth:`is_leader` at each tick and starts no run when the
+    answer is no. One peer can guard many jobs. Serve it with
+    ``await nursery.start(peer.serve)``; a peer that is not being served is never leader.
+
+    Subclass :class:`PeerBase` rather than this class: it keeps the state, the waiting
+    and the events, so a backend only decides *when* leadership changes. See the
+    "Writing a peer" page of the docs.
+    """
+
+    @property
+    @abc.abstractmethod
+    def node(self) -> str:
+        """This process's identity in the election."""
+
+    @property
+    @abc.abstractmethod
+    def fence(self) -> int | None:
+        """The lease epoch (fencing token) while leader, else ``None``."""
+
+    @abc.abstractmethod
+    def is_leader(self) -> bool:
+        """Whether this process leads now. Cached: never blocks, never raises."""
+
+    @abc.abstractmethod
+    def leader(self) -> str | None:
+        """The last known holder of the lease (maybe this node), or ``None``."""
+
+    @abc.abstractmethod
+    async def wait_change(self) -> None:
+        """Wait until leadership changes: gained, lost, or held under a new fence."""
+
+    @abc.abstractmethod
+    async def serve(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Take part in the election until cancelled; on the way out, hand leadership over.
+
+        Raises:
+            RuntimeError: The peer is already being served.
+        """
+
+
+class PeerBase(Peer):
+    """The state, waiting and events of a peer; backends call :meth:`_set_leader` and
+    :meth:`_set_follower`, and wrap their election in :meth:`_serving`.
+
+    Args:
+        name: The election's name: peers with the same name elect one leader.
+        node: This process's identity; default ``host:pid:random``.
+
+    Raises:
+        TypeError, ValueError: ``name`` or ``node`` is not a non-empty str.
+    """
+
+    def __init__(self, *, name: str, node: str | None = None) -> None:
+        for option, value in (("name", name), ("node", node)):
+            if value is None and option == "node":
+                continue
+            if not isinstance(value, str):
+                raise TypeError(f"{option} must be a non-empty str, got {value!r}")
+            if not value.strip():
+                raise ValueError(f"{option} must be a non-empty str, got {value!r}")
+        self._name = name
+        self._node = node if node is not None else default_node()
+        self._is_leader = False
+        self._leader: str | None = None
+        self._fence: int | None = None
+        self._changed = trio.Event()
+        self._served = False
+        self._warned_unserved = False
+
+    # -- Peer -----------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The election's name."""
+        return self._name
+
+    @property
+    def node(self) -> str:
+        return self._node
+
+    @property
+    def fence(self) -> int | None:
+        return self._fence if self.is_leader() else None
+
+    def is_leader(self) -> bool:
+        if not self._served:
+            if not self._warned_unserved:
+                self._warned_unserved = True
+                _log.warning(
+                    "peer %r (election %r) is asked for leadership but is not being served: "
+                    "it is never leader until started with nursery.start(peer.serve)",
+                    self._node,
+                    self._name,
+                )
+            return False
+        return self._is_leader
+
+    def leader(self) -> str | None:
+        return self._leader
+
+    async def wait_change(self) -> None:
+        await self._changed.wait()
+
+    def __repr__(self) -> str:
+        state = "leader" if self._is_leader else "follower"
+        return f"<{type(self).__name__} {self._name!r} node={self._node!r} {state}>"
+
+    # -- for backends ---------------------------------------------------------------------
+
+    def _changed_now(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _set_leader(self, fence: int, reason: str) -> None:
+        """This node leads under ``fence``; emits an event if that is news."""
+        if self._is_leader and self._fence == fence:
+            return
+        self._is_leader = True
+        self._leader = self._node
+        self._fence = fence
+        emit(
+            LeadershipChanged(
+                name=self._name,
+                node=self._node,
+                gained=True,
+                fence=fence,
+                leader=self._node,
+                reason=reason,
+            ),
+            self,
+        )
+        self._changed_now()
+
+    def _set_follower(self, leader: str | None, reason: str) -> None:
+        """This node does not lead; ``leader`` is who does, if known."""
+        self._leader = leader
+        if not self._is_leader:
+            return
+        fence = self._fence
+        self._is_leader = False
+        self._fence = None
+        emit(
+            LeadershipChanged(
+                name=self._name,
+                node=self._node,
+                gained=False,
+                fence=fence,
+                leader=leader,
+                reason=reason,
+            ),
+            self,
+        )
+        self._changed_now()
+
+    def _begin_serving(self) -> None:
+        if self._served:
+            raise RuntimeError(f"{self!r} is already being served")
+        self._served = True
+        self._warned_unserved = False
+
+    def _end_serving(self, reason: str = "stopped") -> None:
+        self._set_follower(None if self._leader == self._node else self._leader, reason)
+        self._served = False
+
+
+class LocalPeer(PeerBase):
+    """An in-process peer whose leadership is set by hand: the peer for tests.
+
+    It leads (once served) unless made with ``leader=False``; :meth:`set_leader` changes
+    that at any time. Each time it gains leadership its fence grows by one.
+
+    Args:
+        leader: Whether it leads when served.
+        name: The election's name (only for events and logs).
+        node: This process's identity.
+    """
+
+    def __init__(self, *, leader: bool = True, name: str = "local", node: str | None = None):
+        super().__init__(name=name, node=node)
+        if not isinstance(leader, bool):
+            raise TypeError(f"leader must be a bool, got {leader!r}")
+        self._wants_lead = leader
+        self._epoch = 0
+
+    def set_leader(self, leader: bool, *, reason: str = "set by hand") -> None:
+        """Gain or lose leadership now (takes effect once served).
+
+        Raises:
+            TypeError: ``leader`` is not a bool.
+        """
+        if not isinstance(leader, bool):
+            raise TypeError(f"leader must be a bool, got {leader!r}")
+        self._wants_lead = leader
+        if self._served:
+            self._apply(reason)
+
+    def _apply(self, reason: str) -> None:
+        if self._wants_lead and not self._is_leader:
+            self._epoch += 1
+            self._set_leader(self._epoch, reason)
+        elif not self._wants_lead:
+            self._set_follower(None, reason)
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        self._begin_serving()
+        try:
+            self._apply("served")
+            task_status.started()
+            await trio.sleep_forever()
+        finally:
+            self._end_serving()

@@ -1,0 +1,263 @@
+"""Lease elections in a database: the loop shared by the SQLite and PostgreSQL peers.
+
+A backend (:class:`LeaseBackend`) runs the statements; :class:`LeasePeer` runs the
+election around it, in Trio: renewals, retries with backoff and jitter, the local
+expiry of the lease on the monotonic clock, and the hand-over on the way out.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import math
+import random
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import trio
+
+from .. import _telemetry
+from ._base import PeerBase
+
+_log = logging.getLogger("periodic")
+
+T = TypeVar("T")
+
+
+class LeaseBackend(abc.ABC):
+    """The statements of a lease election, run by :class:`LeasePeer` in a worker thread.
+
+    Calls come one at a time (the peer holds a capacity limiter of one), but a call may
+    be abandoned by the peer when it takes too long and still be running when the next
+    one starts waiting; a backend keeps its own connection and reconnects after errors.
+    Every method may raise any :class:`Exception`: the peer treats it as "not leader"
+    and retries with backoff.
+
+    Rules every backend keeps:
+
+    * one row per election ``name``: holder node, epoch, expiry;
+    * ``acquire`` is one atomic step: insert the row, or take it over when it has
+      expired, or renew it when ``node`` holds it. The epoch grows by one whenever the
+      holder changes and never otherwise (also not when a row is released);
+    * expiry is computed and compared on the database's clock, never the node's.
+    """
+
+    #: Whether :meth:`wait_released` can wake a follower early.
+    notifies: bool = False
+
+    @abc.abstractmethod
+    def acquire(self, name: str, node: str, ttl: float) -> tuple[str, int] | None:
+        """Acquire or renew the lease for ``ttl`` seconds, in one statement.
+
+        Returns:
+            The holder and epoch of the row afterwards (the holder is ``node`` when this
+            node leads), or ``None`` when that is not known (a concurrent insert).
+        """
+
+    @abc.abstractmethod
+    def release(self, name: str, node: str) -> None:
+        """Expire the lease now if ``node`` holds it, keeping the epoch, and tell others."""
+
+    def wait_released(self, name: str, timeout: float) -> bool:
+        """Block for at most ``timeout`` seconds for news that the lease was released.
+
+        Returns:
+            ``True`` when a release was announced (the follower retries at once).
+        """
+        return False
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close the connections. Called once, when the peer stops."""
+
+
+class LeasePeer(PeerBase):
+    """A peer elected through a lease row in a database; see :class:`LeaseBackend`.
+
+    The leader renews every ``ttl / 2``; the others retry every ``ttl / 2`` with jitter.
+    After a renewal is *sent* at monotonic time ``t``, the leader believes it leads
+    until ``t + ttl - margin`` unless a later renewal succeeds: since the database
+    computes the expiry from a time after ``t``, a partitioned leader steps down before
+    anyone else can take over. Any error means "not leader" at once, and a retry with
+    backoff; the election never stops by itself.
+
+    Args:
+        backend: Runs the statements.
+        name: The election's name.
+        ttl: Lease length in seconds; > 0.
+        node: This process's identity; default ``host:pid:random``.
+        margin: Seconds the local belief ends before the lease; default ``ttl / 10``.
+            0 <= margin < ttl / 2.
+        call_timeout: Seconds one database call may take before it counts as failed;
+            default ``ttl / 4``.
+
+    Raises:
+        TypeError, ValueError: An option is out of range.
+    """
+
+    def __init__(
+        self,
+        backend: LeaseBackend,
+        *,
+        name: str,
+        ttl: float = 30.0,
+        node: str | None = None,
+        margin: float | None = None,
+        call_timeout: float | None = None,
+    ) -> None:
+        super().__init__(name=name, node=node)
+        self._ttl = _positive("ttl", ttl)
+        self._margin = self._ttl / 10 if margin is None else _seconds("margin", margin)
+        if not 0 <= self._margin < self._ttl / 2:
+            raise ValueError(f"margin must be >= 0 and < ttl / 2, got {margin!r}")
+        self._call_timeout = (
+            self._ttl / 4 if call_timeout is None else _positive("call_timeout", call_timeout)
+        )
+        self._backend = backend
+        self._limiter = trio.CapacityLimiter(1)
+        self._lease_until = -math.inf
+        self._renewed = trio.Event()
+        self._failures = 0
+
+    @property
+    def ttl(self) -> float:
+        """The lease length in seconds."""
+        return self._ttl
+
+    def is_leader(self) -> bool:
+        if not super().is_leader():
+            return False
+        try:
+            return trio.current_time() < self._lease_until
+        except RuntimeError:  # asked outside trio.run: no clock, no claim
+            return False
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        self._begin_serving()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watchdog)
+                task_status.started()
+                await self._elect_forever()
+        finally:
+            await self._stop()
+
+    # -- the election ---------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        with trio.fail_after(self._call_timeout):
+            return await trio.to_thread.run_sync(
+                fn, *args, limiter=self._limiter, abandon_on_cancel=True
+            )
+
+    async def _elect_forever(self) -> None:
+        half = self._ttl / 2
+        while True:
+            sent = trio.current_time()
+            try:
+                row = await self._call(self._backend.acquire, self._name, self._node, self._ttl)
+            except Exception as exc:
+                _telemetry.record_election(self._name, "error")
+                await self._failed(exc)
+                continue
+            if self._failures:
+                _log.info(
+                    "peer %r: election %r reachable again after %d failed attempt(s)",
+                    self._node,
+                    self._name,
+                    self._failures,
+                )
+                self._failures = 0
+            leading = row is not None and row[0] == self._node
+            _telemetry.record_election(self._name, "leader" if leading else "follower")
+            if row is not None and leading:
+                self._lease_until = sent + self._ttl - self._margin
+                self._set_leader(row[1], "elected")
+                self._renewed.set()
+                self._renewed = trio.Event()
+                await trio.sleep_until(sent + half)
+            else:
+                holder = None if row is None else row[0]
+                self._lease_until = -math.inf
+                self._set_follower(holder, f"{holder!r} holds the lease" if holder else "lost")
+                await self._wait_retry(half * random.uniform(0.75, 1.0))
+
+    async def _failed(self, exc: Exception) -> None:
+        self._failures += 1
+        self._lease_until = -math.inf
+        self._set_follower(None, f"error: {exc!r}")
+        if self._failures == 1:
+            _log.warning(
+                "peer %r: election %r failed, not leader until it succeeds again: %r",
+                self._node,
+                self._name,
+                exc,
+            )
+        # 0.25 s, 0.5 s, 1 s, … capped at ttl / 2, each with jitter.
+        delay = min(self._ttl / 2, 0.25 * 2 ** min(self._failures - 1, 16))
+        await trio.sleep(delay * random.uniform(0.5, 1.0))
+
+    async def _wait_retry(self, delay: float) -> None:
+        if not self._backend.notifies:
+            await trio.sleep(delay)
+            return
+        deadline = trio.current_time() + delay
+        while (left := deadline - trio.current_time()) > 0:
+            try:
+                released = await self._call(
+                    self._backend.wait_released, self._name, min(left, 0.5)
+                )
+            except Exception:
+                await trio.sleep_until(deadline)  # the retry will report the error
+                return
+            if released:
+                return
+
+    async def _watchdog(self) -> None:
+        """Step down when the lease runs out locally without a renewal."""
+        while True:
+            renewed = self._renewed
+            if self._is_leader:
+                with trio.move_on_at(self._lease_until):
+                    await renewed.wait()
+                    continue
+                if self._is_leader and trio.current_time() >= self._lease_until:
+                    self._set_follower(None, "lease expired: no renewal in time")
+            else:
+                await renewed.wait()
+
+    async def _stop(self) -> None:
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + min(self._call_timeout, 5.0)
+            was_leader = self._is_leader
+            self._lease_until = -math.inf
+            self._end_serving("stopped")
+            if was_leader:
+                try:
+                    await self._call(self._backend.release, self._name, self._node)
+                except Exception as exc:
+                    _log.warning(
+                        "peer %r: could not release %r on the way out (it expires by itself): %r",
+                        self._node,
+                        self._name,
+                        exc,
+                    )
+            try:
+                await self._call(self._backend.close)
+            except Exception as exc:
+                _log.warning("peer %r: closing the backend failed: %r", self._node, exc)
+
+
+def _seconds(option: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{option} must be a number of seconds, got {value!r}")
+    return float(value)
+
+
+def _positive(option: str, value: Any) -> float:
+    seconds = _seconds(option, value)
+    if not 0 < seconds < math.inf:
+        raise ValueError(f"{option} must be a positive, finite number of seconds, got {value!r}")
+    return seconds
