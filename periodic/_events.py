@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import enum
 import logging
 from collections.abc import Callable
@@ -73,6 +74,8 @@ class Started:
         scheduled_at: When the tick that started the run was due (``trio.current_time()``).
         started_at: When the run started (``trio.current_time()``).
         fence: The leadership fencing token the run holds, or ``None``.
+        fire_time: For a ``cron=`` job, the wall-clock time the run was meant to fire
+            (timezone-aware), else ``None``.
     """
 
     job: str
@@ -80,6 +83,7 @@ class Started:
     scheduled_at: float
     started_at: float
     fence: int | None = None
+    fire_time: datetime.datetime | None = None
 
 
 @attrs.frozen(kw_only=True)

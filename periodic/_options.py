@@ -75,8 +75,8 @@ _on_overlap = enum_converter("on_overlap", Overlap)
 _mode = enum_converter("mode", Mode)
 
 
-def delay_mode(value: Any) -> DelayMode:
-    return _delay_mode(value)
+def delay_mode(value: Any) -> DelayMode | None:
+    return None if value is None else _delay_mode(value)
 
 
 def on_overlap(value: Any) -> Overlap:
@@ -101,15 +101,29 @@ def _seconds(option: str, value: Any, *, accepts: str) -> float:
     return seconds
 
 
-def every(value: Any) -> float:
-    accepts = "a positive, finite number of seconds or a timedelta"
+def every(value: Any) -> float | None:
+    if value is None:
+        return None
+    accepts = (
+        "a positive, finite number of seconds, a timedelta, or a duration string such as "
+        "'90s' or '1h30m'"
+    )
+    if isinstance(value, str):
+        from ._cron import parse_duration
+
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            raise ValueError(f"every: {exc}") from None
     seconds = _seconds("every", value, accepts=accepts)
     if not 0 < seconds < math.inf:
         raise ValueError(f"every must be {accepts}, got {value!r}")
     return seconds
 
 
-def initial_delay(value: Any) -> float:
+def initial_delay(value: Any) -> float | None:
+    if value is None:
+        return None
     accepts = "a finite number of seconds >= 0 or a timedelta (default: every)"
     seconds = _seconds("initial_delay", value, accepts=accepts)
     if not 0 <= seconds < math.inf:
@@ -214,4 +228,27 @@ def check_peer(value: Any) -> Any:
 def check_cancel_on_leadership_loss(value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"cancel_on_leadership_loss must be a bool, got {value!r}")
+    return value
+
+
+def check_cron(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"cron must be a crontab spec (str) such as '0 2 * * *', got {value!r}")
+    return value
+
+
+def check_tz(value: Any) -> Any:
+    if value is not None and not isinstance(value, (str, datetime.tzinfo)):
+        raise TypeError(
+            f"tz must be an IANA zone name such as 'Europe/Berlin', a tzinfo, or None, "
+            f"got {value!r}"
+        )
+    return value
+
+
+def check_wall_clock(value: Any) -> Any:
+    if value is not None and not callable(value):
+        raise TypeError(
+            f"wall_clock must be None or a callable returning an aware datetime, got {value!r}"
+        )
     return value

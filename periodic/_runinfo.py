@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import datetime
 
 import attrs
 
@@ -17,6 +18,9 @@ class RunInfo:
         scheduled_at: When the tick that started this run was due (``trio.current_time()``).
         started_at: When the run started (``trio.current_time()``).
         fence: The leadership fencing token held by the run, or ``None``.
+        fire_time: For a ``cron=`` job, the wall-clock time the run was meant to fire
+            (timezone-aware; the time of the call for a manual tick), else ``None``.
+            ``(job, fire_time)`` makes a good idempotency key.
     """
 
     job: str
@@ -24,6 +28,7 @@ class RunInfo:
     scheduled_at: float
     started_at: float
     fence: int | None = None
+    fire_time: datetime.datetime | None = None
 
 
 _current: contextvars.ContextVar[RunInfo] = contextvars.ContextVar("periodic_current_run")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import inspect
 import math
 import types
@@ -12,6 +13,7 @@ import attrs
 import trio
 
 from . import _options
+from ._cron import CronSchedule, parse_schedule
 from ._events import (
     CancelReason,
     Finished,
@@ -26,6 +28,20 @@ from ._options import DelayMode, Mode, Overlap
 from ._runinfo import RunInfo, _current
 from .exceptions import NotInManualMode
 from .peers._base import Peer
+
+# A cron job re-reads the wall clock at least this often (seconds) while it waits, to
+# notice a clock that jumped.
+_WALL_RECHECK = 30.0
+# Counting missed fire times stops here, so a long suspend of a per-second schedule
+# does not cost a long loop.
+_MAX_MISSED_COUNT = 100_000
+
+
+_UTC = datetime.timezone.utc
+
+
+def _utc_now() -> datetime.datetime:
+    return datetime.datetime.now(_UTC)
 
 
 @attrs.frozen(kw_only=True)
@@ -55,6 +71,7 @@ class _Run:
     run_id: int
     scheduled_at: float
     fence: int | None
+    fire_time: datetime.datetime | None
     scope: trio.CancelScope
     done: trio.Event = attrs.field(factory=trio.Event)
     cancel_reason: CancelReason | None = None
@@ -130,9 +147,11 @@ class Periodic:
     """
 
     run: Callable[[], Any] = attrs.field(converter=_options.check_run)
-    every: float = attrs.field(converter=_options.every)
-    initial_delay: float = attrs.field(converter=_options.initial_delay)
-    delay_mode: DelayMode = attrs.field(default=DelayMode.REGULAR, converter=_options.delay_mode)
+    every: float | None = attrs.field(default=None, converter=_options.every)
+    cron: str | None = attrs.field(default=None, converter=_options.check_cron)
+    tz: str | datetime.tzinfo | None = attrs.field(default=None, converter=_options.check_tz)
+    initial_delay: float | None = attrs.field(converter=_options.initial_delay)
+    delay_mode: DelayMode | None = attrs.field(converter=_options.delay_mode)
     when: Callable[[], Any] | None = attrs.field(default=None, converter=_options.check_when)
     on_overlap: Overlap = attrs.field(default=Overlap.RUN, converter=_options.on_overlap)
     timeout: float = attrs.field(default=None, converter=_options.timeout)
@@ -143,13 +162,59 @@ class Periodic:
     cancel_on_leadership_loss: bool = attrs.field(
         default=True, converter=_options.check_cancel_on_leadership_loss
     )
+    wall_clock: Callable[[], datetime.datetime] | None = attrs.field(
+        default=None, converter=_options.check_wall_clock
+    )
 
     _is_async: bool = attrs.field(init=False)
     _state: _State = attrs.field(init=False, factory=_State)
+    # The schedule, resolved from every/cron/tz: an interval, or a cron schedule.
+    _interval: float | None = attrs.field(init=False, default=None)
+    _first_delay: float = attrs.field(init=False, default=0.0)
+    _schedule: CronSchedule | None = attrs.field(init=False, default=None)
 
     @initial_delay.default
-    def _initial_delay_default(self) -> float:
+    def _initial_delay_default(self) -> float | None:
         return self.every
+
+    @delay_mode.default
+    def _delay_mode_default(self) -> DelayMode | None:
+        return DelayMode.REGULAR if self.cron is None else None
+
+    def __attrs_post_init__(self) -> None:
+        if self.every is None and self.cron is None:
+            raise TypeError(
+                "Periodic needs a schedule: every= (seconds, a timedelta or a duration "
+                "such as '90s') or cron= (a crontab spec such as '0 2 * * *')"
+            )
+        if self.cron is None:
+            if self.tz is not None:
+                raise ValueError(f"tz applies only to cron= schedules, got tz={self.tz!r}")
+            # Explicit None for these means the default, as if they were not given.
+            if self.initial_delay is None:
+                object.__setattr__(self, "initial_delay", self.every)
+            if self.delay_mode is None:
+                object.__setattr__(self, "delay_mode", DelayMode.REGULAR)
+            object.__setattr__(self, "_interval", self.every)
+            object.__setattr__(self, "_first_delay", self.initial_delay)
+            return
+        if self.every is not None:
+            raise ValueError(
+                f"every= and cron= are mutually exclusive: give one (got every={self.every!r} "
+                f"and cron={self.cron!r})"
+            )
+        for option in ("delay_mode", "initial_delay"):
+            if getattr(self, option) is not None:
+                raise ValueError(
+                    f"{option} does not apply to cron= schedules (got "
+                    f"{option}={getattr(self, option)!r} with cron={self.cron!r})"
+                )
+        schedule = parse_schedule(self.cron, self.tz)
+        if isinstance(schedule, float):  # "@every 1h": an interval, as every="1h" would be
+            object.__setattr__(self, "_interval", schedule)
+            object.__setattr__(self, "_first_delay", schedule)
+        else:
+            object.__setattr__(self, "_schedule", schedule)
 
     @name.default
     def _name_default(self) -> str:
@@ -160,10 +225,12 @@ class Periodic:
         return _options.is_async_callable(self.run)
 
     def __repr__(self) -> str:
-        return (
-            f"Periodic(name={self.name!r}, every={self.every!r}, "
-            f"delay_mode={self.delay_mode.value!r}, mode={self.mode.value!r})"
-        )
+        if self.cron is not None:
+            when = f"cron={self.cron!r}, tz={self.tz!r}"
+        else:
+            assert self.delay_mode is not None
+            when = f"every={self.every!r}, delay_mode={self.delay_mode.value!r}"
+        return f"Periodic(name={self.name!r}, {when}, mode={self.mode.value!r})"
 
     # -- public API -------------------------------------------------------------------
 
@@ -187,6 +254,8 @@ class Periodic:
                 f"{self!r} is already being served; a Periodic can be served by one task "
                 "at a time (make another Periodic to run the job twice)"
             )
+        if self._schedule is not None:
+            self._wall_now()  # a broken wall clock fails here, not inside the nursery
         state.serving = True
         try:
             async with trio.open_nursery() as nursery:
@@ -202,6 +271,8 @@ class Periodic:
                     if self.mode is Mode.MANUAL:
                         task_status.started()
                         await trio.sleep_forever()
+                    elif self._schedule is not None:
+                        await self._cron_loop(self._schedule, task_status)
                     else:
                         await self._clock_loop(task_status)
                 finally:
@@ -229,11 +300,12 @@ class Periodic:
 
     async def _clock_loop(self, task_status: trio.TaskStatus[None]) -> None:
         state = self._state
-        every = self.every
-        regular = self.delay_mode is DelayMode.REGULAR
+        every = self._interval
+        assert every is not None
+        regular = self.delay_mode is not DelayMode.SHIFTED
         # Regular ticks sit on a grid base + k * every: computing each from k (rather than
         # adding every to the last one) keeps float error from accumulating into drift.
-        base = trio.current_time() + self.initial_delay
+        base = trio.current_time() + self._first_delay
         k = 0
         due = base
         state.next_tick_at = due
@@ -266,6 +338,50 @@ class Periodic:
                 due = trio.current_time() + every
             state.next_tick_at = due
 
+    def _wall_now(self) -> datetime.datetime:
+        """The wall clock, in UTC: comparisons between zones are unreliable around DST."""
+        now = (self.wall_clock or _utc_now)()
+        if not isinstance(now, datetime.datetime) or now.utcoffset() is None:
+            raise TypeError(f"wall_clock must return an aware datetime, got {now!r}")
+        return now.astimezone(_UTC)
+
+    async def _cron_loop(self, schedule: CronSchedule, task_status: trio.TaskStatus[None]) -> None:
+        """Tick at the schedule's wall-clock fire times.
+
+        The wait is on Trio's clock, but the wall clock is read again after every wake-up
+        (at least every ``_WALL_RECHECK`` seconds): when it jumped, the wait is
+        recomputed, so a run never fires early, and as the next fire time always follows
+        the last one fired, a jump backwards never repeats a run.
+        """
+        state = self._state
+        wall = self._wall_now()
+        fire = schedule.next_after(wall).astimezone(_UTC)
+        state.next_tick_at = trio.current_time() + (fire - wall).total_seconds()
+        task_status.started()
+        while True:
+            while True:
+                wall = self._wall_now()
+                wait = (fire - wall).total_seconds()
+                if wait <= 0:
+                    break
+                state.next_tick_at = trio.current_time() + wait
+                await trio.sleep(min(wait, _WALL_RECHECK))
+            now = trio.current_time()
+            first_missed = fire
+            missed = 0
+            while missed < _MAX_MISSED_COUNT:
+                later = schedule.next_after(fire).astimezone(_UTC)
+                if later > wall:
+                    break
+                missed += 1
+                fire = later
+            if missed:
+                late = (wall - first_missed).total_seconds()
+                self._skip(SkipReason.MISSED, now - late, count=missed)
+            fire_time = fire.astimezone(schedule.tz)
+            await self._tick(now - (wall - fire).total_seconds(), fire_time=fire_time)
+            fire = schedule.next_after(fire).astimezone(_UTC)
+
     async def _manual_tick(self) -> _Run | Skipped:
         """One tick due now, for :mod:`periodic.testing`.
 
@@ -285,14 +401,20 @@ class Periodic:
                 f"{self!r} is not being served: start it first, "
                 "e.g. await nursery.start(job.serve)"
             )
+        schedule = self._schedule
+        fire_time = None if schedule is None else self._wall_now().astimezone(schedule.tz)
         async with lock:
-            outcome = await self._tick(trio.current_time())
+            outcome = await self._tick(trio.current_time(), fire_time=fire_time)
         if outcome is None:
             raise RuntimeError(f"{self!r} stopped being served during the tick")
         return outcome
 
     async def _tick(
-        self, scheduled_at: float, *, catch_up: Callable[[], float] | None = None
+        self,
+        scheduled_at: float,
+        *,
+        catch_up: Callable[[], float] | None = None,
+        fire_time: datetime.datetime | None = None,
     ) -> _Run | Skipped | None:
         """Apply the guards in order; start a run unless one of them says no.
 
@@ -329,7 +451,7 @@ class Periodic:
         if peer is not None and not peer.is_leader():
             # Leadership was lost while the previous runs unwound.
             return self._skip(SkipReason.NOT_LEADER, scheduled_at)
-        return self._spawn(scheduled_at, fence if peer is None else peer.fence)
+        return self._spawn(scheduled_at, fence if peer is None else peer.fence, fire_time)
 
     async def _stop_previous(self, runs: list[_Run]) -> None:
         for run in runs:
@@ -358,11 +480,15 @@ class Periodic:
 
     # -- runs -------------------------------------------------------------------------
 
-    def _spawn(self, scheduled_at: float, fence: int | None) -> _Run | None:
+    def _spawn(
+        self, scheduled_at: float, fence: int | None, fire_time: datetime.datetime | None
+    ) -> _Run | None:
         state = self._state
         if not state.accepting or state.nursery is None:
             return None
-        run = _Run(state.next_run_id, scheduled_at, fence, trio.CancelScope(shield=True))
+        run = _Run(
+            state.next_run_id, scheduled_at, fence, fire_time, trio.CancelScope(shield=True)
+        )
         state.next_run_id += 1
         state.running[run.run_id] = run
         state.nursery.start_soon(
@@ -380,6 +506,7 @@ class Periodic:
                 scheduled_at=run.scheduled_at,
                 started_at=started_at,
                 fence=run.fence,
+                fire_time=run.fire_time,
             )
         )
         state.runs_started += 1
@@ -390,6 +517,7 @@ class Periodic:
                 scheduled_at=run.scheduled_at,
                 started_at=started_at,
                 fence=run.fence,
+                fire_time=run.fire_time,
             ),
             self,
         )

@@ -31,15 +31,16 @@ BAD_OPTIONS: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"every": math.nan}, ValueError, "every must be .* NaN"),
     ({"every": math.inf}, ValueError, "every must be"),
     ({"every": True}, TypeError, "every must be"),
-    ({"every": "10"}, TypeError, "every must be"),
-    ({"every": None}, TypeError, "every must be"),
+    ({"every": "10"}, ValueError, "every: bad duration '10'"),
+    ({"every": "1h 30m"}, ValueError, "every: bad duration"),
+    ({"every": None}, TypeError, "needs a schedule: every="),
+    ({"every": [1]}, TypeError, "every must be"),
     ({"every": datetime.timedelta(0)}, ValueError, "every must be"),
     ({"every": datetime.timedelta(seconds=-1)}, ValueError, "every must be"),
     ({"every": 1, "initial_delay": -0.5}, ValueError, "initial_delay must be"),
     ({"every": 1, "initial_delay": math.nan}, ValueError, "initial_delay must be"),
     ({"every": 1, "initial_delay": math.inf}, ValueError, "initial_delay must be"),
     ({"every": 1, "initial_delay": "1"}, TypeError, "initial_delay must be"),
-    ({"every": 1, "initial_delay": None}, TypeError, "initial_delay must be"),
     ({"every": 10**400}, ValueError, "every must be .* too large"),
     ({"every": 1, "delay_mode": "fixed"}, ValueError, "delay_mode must be one of 'regular'"),
     ({"every": 1, "delay_mode": 1}, TypeError, "delay_mode must be one of"),
@@ -135,6 +136,16 @@ def test_strings_enums_and_timedeltas_are_accepted() -> None:
     assert p.job_shutdown == math.inf
     assert p.mode is Mode.MANUAL
     assert p.name == "cleanup"
+
+
+def test_none_means_the_default_for_initial_delay_and_delay_mode() -> None:
+    p = Periodic(run=job, every=3, initial_delay=None, delay_mode=None)
+    assert (p.initial_delay, p.delay_mode) == (3.0, DelayMode.REGULAR)
+
+
+def test_every_takes_duration_strings() -> None:
+    assert Periodic(run=job, every="1h30m").every == 5400.0
+    assert Periodic(run=job, every="90s").initial_delay == 90.0
 
 
 def test_timeout_none_and_inf_mean_no_limit() -> None:
