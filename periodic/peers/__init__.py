@@ -14,13 +14,18 @@ from ._base import Peer as Peer
 from ._base import PeerBase as PeerBase
 
 if TYPE_CHECKING:
+    from .postgres import PostgresPeer as PostgresPeer
     from .sqlite import SQLitePeer as SQLitePeer
 
-__all__ = ["LocalPeer", "Peer", "PeerBase", "SQLitePeer"]
+__all__ = ["LocalPeer", "Peer", "PeerBase", "PostgresPeer", "SQLitePeer"]
 
 
 def __getattr__(name: str) -> Any:
     # Each backend imports its driver; load it only when asked for.
+    if name == "PostgresPeer":
+        from .postgres import PostgresPeer
+
+        return PostgresPeer
     if name == "SQLitePeer":
         from .sqlite import SQLitePeer
 

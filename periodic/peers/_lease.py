@@ -118,6 +118,9 @@ class LeasePeer(PeerBase):
         self._lease_until = -math.inf
         self._renewed = trio.Event()
         self._failures = 0
+        # Whether the row may still name this node: set by a won election, cleared only
+        # when the database names another holder (not by errors or a local expiry).
+        self._held = False
 
     @property
     def ttl(self) -> float:
@@ -172,6 +175,7 @@ class LeasePeer(PeerBase):
                 self._failures = 0
             leading = row is not None and row[0] == self._node
             _telemetry.record_election(self._name, "leader" if leading else "follower")
+            self._held = leading
             if row is not None and leading:
                 self._lease_until = sent + self._ttl - self._margin
                 self._set_leader(row[1], "elected")
@@ -206,8 +210,12 @@ class LeasePeer(PeerBase):
         deadline = trio.current_time() + delay
         while (left := deadline - trio.current_time()) > 0:
             try:
+                # Well inside call_timeout, so the wait is never cut off (and a
+                # notification lost) by the timeout meant for a hung call.
                 released = await self._call(
-                    self._backend.wait_released, self._name, min(left, 0.5)
+                    self._backend.wait_released,
+                    self._name,
+                    min(left, 0.5, self._call_timeout / 2),
                 )
             except Exception:
                 await trio.sleep_until(deadline)  # the retry will report the error
@@ -231,10 +239,12 @@ class LeasePeer(PeerBase):
     async def _stop(self) -> None:
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + min(self._call_timeout, 5.0)
-            was_leader = self._is_leader
+            # Also when it stepped down a moment ago (a failed renewal): the row may
+            # still be ours, and releasing it lets a follower take over at once.
+            may_hold = self._held
             self._lease_until = -math.inf
             self._end_serving("stopped")
-            if was_leader:
+            if may_hold:
                 try:
                     await self._call(self._backend.release, self._name, self._node)
                 except Exception as exc:
