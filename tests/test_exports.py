@@ -11,6 +11,7 @@ PUBLIC_MODULES = [
     "periodic.cron",
     "periodic.events",
     "periodic.exceptions",
+    "periodic.peers",
     "periodic.testing",
 ]
 

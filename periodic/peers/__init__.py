@@ -12,12 +12,22 @@ from typing import TYPE_CHECKING, Any
 from ._base import LocalPeer as LocalPeer
 from ._base import Peer as Peer
 from ._base import PeerBase as PeerBase
+from ._lease import LeaseBackend as LeaseBackend
+from ._lease import LeasePeer as LeasePeer
 
 if TYPE_CHECKING:
     from .postgres import PostgresPeer as PostgresPeer
     from .sqlite import SQLitePeer as SQLitePeer
 
-__all__ = ["LocalPeer", "Peer", "PeerBase", "PostgresPeer", "SQLitePeer"]
+__all__ = [
+    "LeaseBackend",
+    "LeasePeer",
+    "LocalPeer",
+    "Peer",
+    "PeerBase",
+    "PostgresPeer",
+    "SQLitePeer",
+]
 
 
 def __getattr__(name: str) -> Any:

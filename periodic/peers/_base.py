@@ -67,7 +67,8 @@ class Peer(abc.ABC):
 
 class PeerBase(Peer):
     """The state, waiting and events of a peer; backends call :meth:`_set_leader` and
-    :meth:`_set_follower`, and wrap their election in :meth:`_serving`.
+    :meth:`_set_follower`, and :meth:`_begin_serving` / :meth:`_end_serving` around their
+    election.
 
     Args:
         name: The election's name: peers with the same name elect one leader.

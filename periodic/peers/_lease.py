@@ -89,7 +89,7 @@ class LeasePeer(PeerBase):
         margin: Seconds the local belief ends before the lease; default ``ttl / 10``.
             0 <= margin < ttl / 2.
         call_timeout: Seconds one database call may take before it counts as failed;
-            default ``ttl / 4``.
+            default ``ttl / 4``; less than ``ttl - margin``.
 
     Raises:
         TypeError, ValueError: An option is out of range.
@@ -113,6 +113,11 @@ class LeasePeer(PeerBase):
         self._call_timeout = (
             self._ttl / 4 if call_timeout is None else _positive("call_timeout", call_timeout)
         )
+        if self._call_timeout >= self._ttl - self._margin:
+            raise ValueError(
+                f"call_timeout must be shorter than ttl - margin "
+                f"({self._ttl - self._margin:g} s), got {call_timeout!r}"
+            )
         self._backend = backend
         self._limiter = trio.CapacityLimiter(1)
         self._lease_until = -math.inf
@@ -176,7 +181,13 @@ class LeasePeer(PeerBase):
             leading = row is not None and row[0] == self._node
             _telemetry.record_election(self._name, "leader" if leading else "follower")
             self._held = leading
-            if row is not None and leading:
+            if (
+                row is not None
+                and leading
+                and trio.current_time() < sent + self._ttl - self._margin
+            ):
+                # (A reply that came after the local lease would already have ended
+                # claims nothing: the next renewal decides.)
                 self._lease_until = sent + self._ttl - self._margin
                 self._set_leader(row[1], "elected")
                 self._renewed.set()
