@@ -77,6 +77,20 @@ class _Run:
     cancel_reason: CancelReason | None = None
     started: bool = False
     finished: Finished | None = None
+    # The two deadlines of the run's scope: its timeout, and the end of the lease it
+    # was started under (for a peer-guarded job that cancels on leadership loss).
+    timeout_at: float = math.inf
+    lease_at: float = math.inf
+
+    def set_deadlines(
+        self, *, timeout_at: float | None = None, lease_at: float | None = None
+    ) -> None:
+        if timeout_at is not None:
+            self.timeout_at = timeout_at
+        if lease_at is not None:
+            self.lease_at = lease_at
+        self.scope.deadline = min(self.timeout_at, self.lease_at)
+
     # stop_previous reached the run before its task began: StoppedPrevious must still
     # come after its Started, so the run's task emits it.
     stop_pending: bool = False
@@ -525,8 +539,15 @@ class Periodic:
         if run.stop_pending:
             emit(StoppedPrevious(job=self.name, run_id=run.run_id), self)
         scope = run.scope
-        if self.timeout != math.inf:
-            scope.deadline = started_at + self.timeout
+        peer = self.peer
+        run.set_deadlines(
+            timeout_at=started_at + self.timeout,
+            lease_at=(
+                peer.lease_deadline()
+                if peer is not None and self.cancel_on_leadership_loss and run.fence is not None
+                else math.inf
+            ),
+        )
         result: Any = None
         error: BaseException | None = None
         try:
@@ -548,6 +569,8 @@ class Periodic:
             self._finish(run, Outcome.CANCELLED, started_at, error=exc)
             raise
         if scope.cancel_called:
+            if run.cancel_reason is None and run.lease_at < run.timeout_at:
+                run.cancel_reason = CancelReason.LEADERSHIP_LOST  # the lease ran out
             outcome = Outcome.CANCELLED if run.cancel_reason is not None else Outcome.TIMEOUT
             result = None
         elif error is not None:
@@ -606,11 +629,16 @@ class Periodic:
                 await run.done.wait()
 
     async def _watch_leadership(self, peer: Peer, scope: trio.CancelScope) -> None:
-        """Cancel the runs started under a fence the peer no longer holds."""
+        """Cancel the runs started under a fence the peer no longer holds, and move the
+        deadline of the others with each renewal of the lease."""
         with scope:
             while True:
-                await peer.wait_change()
+                await peer.wait_lease_change()
                 current = peer.fence if peer.is_leader() else None
                 for run in list(self._state.running.values()):
-                    if run.fence is not None and run.fence != current:
+                    if run.fence is None:
+                        continue
+                    if run.fence != current:
                         run.cancel(CancelReason.LEADERSHIP_LOST)
+                    elif run.started:
+                        run.set_deadlines(lease_at=peer.lease_deadline())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 
 import pytest
 import trio
@@ -295,3 +296,106 @@ async def test_leadership_changes_are_logged(
         ("WARNING", "peer 'n1' lost the leadership of 'cluster' (fence 1): demoted"),
     ]
     assert caplog.records[1].periodic_fence == 1  # type: ignore[attr-defined]
+
+
+class LeasedPeer(periodic.peers.PeerBase):
+    """A peer whose leadership runs out at ``until`` unless renewed: a lease, by hand."""
+
+    def __init__(self, until: float) -> None:
+        super().__init__(name="leased", node="n1")
+        self.until = until
+
+    def is_leader(self) -> bool:
+        return super().is_leader() and trio.current_time() < self.until
+
+    def lease_deadline(self) -> float:
+        return self.until if self.is_leader() else -math.inf
+
+    def renew(self, until: float) -> None:
+        self.until = until
+        self._lease_moved_now()
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        self._begin_serving()
+        try:
+            self._set_leader(1, "test")
+            task_status.started()
+            await trio.sleep_forever()
+        finally:
+            self._end_serving()
+
+
+async def steps_job(steps: list[float]) -> None:
+    await trio.sleep(3)
+    steps.append(trio.current_time())
+
+
+async def test_a_run_never_outlives_the_lease_it_started_under(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    peer = LeasedPeer(until=2.5)
+    await nursery.start(peer.serve)
+    steps: list[float] = []
+    p = Periodic(run=functools.partial(steps_job, steps), every=100, initial_delay=1, peer=peer)
+    events = await periodic.testing.serve_for(p, 5)
+    [finished] = events.of(Finished)
+    assert (finished.outcome, finished.cancel_reason, finished.duration) == (
+        Outcome.CANCELLED,
+        CancelReason.LEADERSHIP_LOST,
+        1.5,
+    )
+    assert steps == []
+
+
+async def test_a_renewed_lease_lets_the_run_finish(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    peer = LeasedPeer(until=2.5)
+    await nursery.start(peer.serve)
+    steps: list[float] = []
+    p = Periodic(run=functools.partial(steps_job, steps), every=100, initial_delay=1, peer=peer)
+    with capture_events(p) as events:
+        async with trio.open_nursery() as inner:
+            await inner.start(p.serve)
+            await trio.sleep(2)
+            peer.renew(10)
+            await trio.sleep(3)
+            inner.cancel_scope.cancel()
+    assert [f.outcome for f in events.of(Finished)] == [Outcome.OK]
+    assert steps == [4.0]
+
+
+async def test_a_frozen_process_wakes_with_its_runs_already_cancelled(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    peer = LeasedPeer(until=3.5)
+    await nursery.start(peer.serve)
+    steps: list[float] = []
+    p = Periodic(run=functools.partial(steps_job, steps), every=100, initial_delay=1, peer=peer)
+    with capture_events(p) as events:
+        async with trio.open_nursery() as inner:
+            await inner.start(p.serve)
+            await trio.sleep(1.5)
+            # A freeze: both the job's sleep (due 4.0) and the lease (3.5) are past when
+            # the process wakes. The job must not take its next step.
+            autojump_clock.jump(10)
+            await trio.sleep(1)
+            inner.cancel_scope.cancel()
+    [finished] = events.of(Finished)
+    assert finished.cancel_reason is CancelReason.LEADERSHIP_LOST
+    assert steps == []
+
+
+async def test_a_job_timeout_before_the_lease_end_is_a_timeout(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    peer = LeasedPeer(until=50)
+    await nursery.start(peer.serve)
+    p = Periodic(
+        run=functools.partial(sleeper, 10), every=100, initial_delay=1, peer=peer, timeout=2
+    )
+    events = await periodic.testing.serve_for(p, 5)
+    [finished] = events.of(Finished)
+    assert (finished.outcome, finished.cancel_reason) == (Outcome.TIMEOUT, None)

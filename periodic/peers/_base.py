@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import math
 import os
 import secrets
 import socket
@@ -54,6 +55,24 @@ class Peer(abc.ABC):
     async def wait_change(self) -> None:
         """Wait until leadership changes: gained, lost, or held under a new fence."""
 
+    async def wait_lease_change(self) -> None:
+        """Wait until leadership changes or :meth:`lease_deadline` moves (a renewal).
+
+        The default waits for :meth:`wait_change`, right for peers whose lease does not
+        expire by itself.
+        """
+        await self.wait_change()
+
+    def lease_deadline(self) -> float:
+        """Until when, on Trio's clock, this node may believe it leads without news.
+
+        ``math.inf`` while leading for peers whose leadership does not expire by itself
+        (the default), ``-math.inf`` when not leading. A lease peer returns the local end
+        of its lease; the scheduler uses it as a deadline for the runs it started under
+        the lease, so a run never outlives it, even across a freeze of the process.
+        """
+        return math.inf if self.is_leader() else -math.inf
+
     @abc.abstractmethod
     async def serve(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -92,6 +111,7 @@ class PeerBase(Peer):
         self._leader: str | None = None
         self._fence: int | None = None
         self._changed = trio.Event()
+        self._lease_moved = trio.Event()
         self._served = False
         self._warned_unserved = False
 
@@ -138,6 +158,15 @@ class PeerBase(Peer):
     def _changed_now(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
+        self._lease_moved_now()
+
+    def _lease_moved_now(self) -> None:
+        """Wake :meth:`wait_lease_change`: call it when a renewal moved the deadline."""
+        self._lease_moved.set()
+        self._lease_moved = trio.Event()
+
+    async def wait_lease_change(self) -> None:
+        await self._lease_moved.wait()
 
     def _set_leader(self, fence: int, reason: str) -> None:
         """This node leads under ``fence``; emits an event if that is news."""

@@ -132,6 +132,9 @@ class LeasePeer(PeerBase):
         """The lease length in seconds."""
         return self._ttl
 
+    def lease_deadline(self) -> float:
+        return self._lease_until if self.is_leader() else -math.inf
+
     def is_leader(self) -> bool:
         if not super().is_leader():
             return False
@@ -189,7 +192,10 @@ class LeasePeer(PeerBase):
                 # (A reply that came after the local lease would already have ended
                 # claims nothing: the next renewal decides.)
                 self._lease_until = sent + self._ttl - self._margin
-                self._set_leader(row[1], "elected")
+                if self._is_leader and self._fence == row[1]:
+                    self._lease_moved_now()
+                else:
+                    self._set_leader(row[1], "elected")
                 self._renewed.set()
                 self._renewed = trio.Event()
                 await trio.sleep_until(sent + half)
