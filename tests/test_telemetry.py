@@ -51,6 +51,7 @@ from opentelemetry.trace import NoOpTracerProvider, SpanKind, StatusCode
 import periodic
 from periodic import Periodic, _telemetry
 from periodic.events import Event, Finished, Outcome, Started
+from periodic.peers import LocalPeer, SQLitePeer
 
 JOB = "telemetry-job"
 
@@ -800,3 +801,39 @@ def test_the_console_example_on_the_docs_page_prints_spans_and_metrics() -> None
     assert '"periodic.job": "j"' in done.stdout
     for metric in ("periodic.runs", "periodic.run.duration", "periodic.running"):
         assert f'"name": "{metric}"' in done.stdout
+
+
+# -- leadership ---------------------------------------------------------------------------
+
+
+async def test_leadership_changes_are_counted(
+    autojump_clock: trio.testing.MockClock, otel: OTel
+) -> None:
+    peer = LocalPeer(name="cluster")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(peer.serve)
+        peer.set_leader(False)
+        peer.set_leader(True)
+        nursery.cancel_scope.cancel()
+    assert otel.sums("periodic.leadership.changes") == {
+        (("change", "gained"), ("periodic.peer", "cluster")): 2,
+        (("change", "lost"), ("periodic.peer", "cluster")): 2,
+    }
+
+
+async def test_elections_are_counted_by_result(otel: OTel, tmp_path: Path) -> None:
+    first = SQLitePeer(tmp_path / "peers.db", name="e", ttl=1.0, node="a")
+    second = SQLitePeer(tmp_path / "peers.db", name="e", ttl=1.0, node="b")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(first.serve)
+        with trio.fail_after(5):
+            while not first.is_leader():
+                await trio.sleep(0.01)
+        await nursery.start(second.serve)
+        with trio.fail_after(5):
+            while second.leader() != "a":
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    sums = otel.sums("periodic.peer.elections")
+    assert sums[(("periodic.peer", "e"), ("result", "leader"))] >= 1
+    assert sums[(("periodic.peer", "e"), ("result", "follower"))] >= 1
