@@ -10,8 +10,8 @@ from ._options import Mode as Mode
 from ._options import Overlap as Overlap
 from ._runinfo import RunInfo as RunInfo
 from ._runinfo import current_run as current_run
+from ._runs import Statistics as Statistics
 from ._scheduler import Periodic as Periodic
-from ._scheduler import Statistics as Statistics
 from ._version import __version__ as __version__
 
 __all__ = [

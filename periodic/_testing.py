@@ -20,7 +20,8 @@ from ._events import (
     subscribe,
 )
 from ._options import Mode
-from ._scheduler import Periodic, _Run
+from ._runs import _Run
+from ._scheduler import Periodic
 from .exceptions import JobNotStarted
 
 E = TypeVar("E", Started, Finished, Skipped, StoppedPrevious, LeadershipChanged)
