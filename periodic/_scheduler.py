@@ -203,26 +203,38 @@ class Periodic:
         try:
             async with trio.open_nursery() as nursery:
                 state.nursery = nursery
-                state.tick_lock = trio.Lock()
+                state.tick_lock = trio.Lock() if self.mode is Mode.MANUAL else None
                 state.accepting = True
-                # Shielded like the runs, so leadership loss still stops runs during the
-                # shutdown grace; cancelled once every run is over.
-                watch = trio.CancelScope(shield=True)
+                watch = None
                 if self.peer is not None and self.cancel_on_leadership_loss:
+                    # Shielded like the runs, so leadership loss still stops runs during
+                    # the shutdown grace; cancelled once every run is over.
+                    watch = trio.CancelScope(shield=True)
                     nursery.start_soon(self._watch_leadership, self.peer, watch)
                 try:
+                    # Arm, report started, and let go of task_status: holding it for the
+                    # scheduler's life would keep nursery.start's machinery alive.
                     if self.mode is Mode.MANUAL:
                         task_status.started()
+                        del task_status
                         await trio.sleep_forever()
                     elif self._schedule is not None:
-                        await self._cron_loop(self._schedule, task_status)
+                        fire = self._first_fire(self._schedule)
+                        task_status.started()
+                        del task_status
+                        await self._cron_loop(self._schedule, fire)
                     else:
-                        await self._clock_loop(task_status)
+                        base = trio.current_time() + self._first_delay
+                        state.next_tick_at = base
+                        task_status.started()
+                        del task_status
+                        await self._clock_loop(base)
                 finally:
                     state.accepting = False
                     state.next_tick_at = None
                     await self._shutdown_runs()
-                    watch.cancel()
+                    if watch is not None:
+                        watch.cancel()
         finally:
             state.serving = False
             state.nursery = None
@@ -241,18 +253,18 @@ class Periodic:
 
     # -- the clock --------------------------------------------------------------------
 
-    async def _clock_loop(self, task_status: trio.TaskStatus[None]) -> None:
+    async def _clock_loop(self, base: float) -> None:
+        """Tick every ``every`` seconds from ``base``, on the grid or shifted."""
         state = self._state
         every = self._interval
         assert every is not None
         regular = self.delay_mode is not DelayMode.SHIFTED
+        # Nothing to decide at a tick: spawn at once, without the tick coroutine.
+        plain = self.when is None and self.peer is None and self.on_overlap is Overlap.RUN
         # Regular ticks sit on a grid base + k * every: computing each from k (rather than
         # adding every to the last one) keeps float error from accumulating into drift.
-        base = trio.current_time() + self._first_delay
         k = 0
         due = base
-        state.next_tick_at = due
-        task_status.started()
 
         def catch_up() -> float:
             # Coalesce the ticks this one is late for into one "missed" event; the tick
@@ -270,7 +282,10 @@ class Periodic:
             await trio.sleep_until(due)
             if regular:
                 catch_up()
-                await self._tick(due, catch_up=catch_up)
+                if plain:
+                    self._spawn(due, None, None)
+                else:
+                    await self._tick(due, catch_up=catch_up)
                 k += 1
                 due = base + k * every
             else:
@@ -288,7 +303,13 @@ class Periodic:
             raise TypeError(f"wall_clock must return an aware datetime, got {now!r}")
         return now.astimezone(_UTC)
 
-    async def _cron_loop(self, schedule: CronSchedule, task_status: trio.TaskStatus[None]) -> None:
+    def _first_fire(self, schedule: CronSchedule) -> datetime.datetime:
+        wall = self._wall_now()
+        fire = schedule.next_after(wall).astimezone(_UTC)
+        self._state.next_tick_at = trio.current_time() + (fire - wall).total_seconds()
+        return fire
+
+    async def _cron_loop(self, schedule: CronSchedule, fire: datetime.datetime) -> None:
         """Tick at the schedule's wall-clock fire times.
 
         The wait is on Trio's clock, but the wall clock is read again after every wake-up
@@ -297,10 +318,6 @@ class Periodic:
         the last one fired, a jump backwards never repeats a run.
         """
         state = self._state
-        wall = self._wall_now()
-        fire = schedule.next_after(wall).astimezone(_UTC)
-        state.next_tick_at = trio.current_time() + (fire - wall).total_seconds()
-        task_status.started()
         while True:
             while True:
                 wall = self._wall_now()

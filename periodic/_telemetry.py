@@ -157,6 +157,11 @@ class _RunState:
 # the variable but never emit this run's events; the (job, run_id) check below is for a
 # Finished whose Started we never saw (the subscriber came later) in a task that
 # inherited an outer run's state (a job serving another scheduler).
+try:  # the API's stand-in until an SDK sets a meter provider (a private class)
+    from opentelemetry.metrics._internal import _ProxyMeterProvider as _PROXY_METER_PROVIDER
+except ImportError:  # pragma: no cover - then we cannot tell, and always record
+    _PROXY_METER_PROVIDER = None  # type: ignore[assignment,misc]
+
 _run_state: contextvars.ContextVar[_RunState | None] = contextvars.ContextVar(
     "periodic_telemetry_run", default=None
 )
@@ -179,7 +184,23 @@ class _TelemetrySubscriber:
         self._meter_provider = meter_provider
         self._instruments = None
 
+    def _active(self) -> bool:
+        """Whether an SDK (or an injected provider) is there to receive anything."""
+        if self._tracer_provider is not None or self._meter_provider is not None:
+            return True
+        return not (
+            isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+            and _PROXY_METER_PROVIDER is not None
+            and isinstance(metrics.get_meter_provider(), _PROXY_METER_PROVIDER)
+        )
+
     def __call__(self, event: Event) -> None:
+        if not self._active():
+            # No SDK: the API would hand out no-op objects, at a few microseconds a run.
+            # A run started while an SDK was there still gets its span ended.
+            if isinstance(event, Finished) and _run_state.get() is not None:
+                self._finished(event)
+            return
         if isinstance(event, Started):
             # First, so that whatever fails below, Finished finds what there is to undo.
             state = _RunState(event.job, event.run_id)
