@@ -5,11 +5,15 @@ from __future__ import annotations
 import datetime
 import math
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
 
 from ._events import CancelReason, Finished, Outcome, SkipReason
+
+if TYPE_CHECKING:
+    from .peers._base import PeerBase
 
 
 @attrs.frozen(kw_only=True)
@@ -49,6 +53,8 @@ class _Run:
     # was started under (for a peer-guarded job that cancels on leadership loss).
     timeout_at: float = math.inf
     lease_at: float = math.inf
+    # The peer told of this run (PeerBase._run_began), to be told when it ends.
+    tracked_by: PeerBase | None = None
 
     def set_deadlines(
         self, *, timeout_at: float | None = None, lease_at: float | None = None

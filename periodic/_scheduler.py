@@ -28,7 +28,7 @@ from ._options import DelayMode, Mode, Overlap
 from ._runinfo import RunInfo, _current
 from ._runs import Statistics, _Run, _State
 from .exceptions import NotInManualMode
-from .peers._base import Peer
+from .peers._base import Peer, PeerBase
 
 # A cron job re-reads the wall clock at least this often (seconds) while it waits, to
 # notice a clock that jumped.
@@ -482,6 +482,10 @@ class Periodic:
             self,
         )
         run.started = True
+        if run.fence is not None and isinstance(self.peer, PeerBase):
+            # The peer hands its lease over only once such runs are over.
+            run.tracked_by = self.peer
+            self.peer._run_began()
         if run.stop_pending:
             emit(StoppedPrevious(job=self.name, run_id=run.run_id), self)
         scope = run.scope
@@ -547,6 +551,8 @@ class Periodic:
         state = self._state
         del state.running[run.run_id]
         state.finished[outcome] += 1
+        if run.tracked_by is not None:
+            run.tracked_by._run_ended()
         run.finished = event = Finished(
             job=self.name,
             run_id=run.run_id,

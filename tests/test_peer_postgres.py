@@ -446,7 +446,7 @@ async def test_a_missing_table_without_create_table_recovers_once_it_exists(
 
 async def test_a_stopped_peer_can_be_served_again(pg_dsn: str, pg_table: str) -> None:
     peer = PostgresPeer(pg_dsn, name="job", ttl=1.0, table=pg_table, node="a")
-    for fence in (1, 1):  # same holder each time: same epoch
+    for fence in (1, 2):  # each serve is a new claim, so a new leadership: a new epoch
         async with cluster() as c:
             await c.serve(peer)
             await wait_until(peer.is_leader, timeout=3)

@@ -114,6 +114,10 @@ class PeerBase(Peer):
         self._lease_moved = trio.Event()
         self._served = False
         self._warned_unserved = False
+        # Runs started under this peer's leadership and not finished yet.
+        self._in_flight = 0
+        self._idle = trio.Event()
+        self._idle.set()
 
     # -- Peer -----------------------------------------------------------------------------
 
@@ -208,6 +212,22 @@ class PeerBase(Peer):
             self,
         )
         self._changed_now()
+
+    def _run_began(self) -> None:
+        """A scheduler started a run under this peer's leadership."""
+        self._in_flight += 1
+        if self._idle.is_set():
+            self._idle = trio.Event()
+
+    def _run_ended(self) -> None:
+        """A run that :meth:`_run_began` has finished."""
+        self._in_flight -= 1
+        if not self._in_flight:
+            self._idle.set()
+
+    async def _wait_idle(self) -> None:
+        """Wait until no run started under this peer's leadership is going on."""
+        await self._idle.wait()
 
     def _begin_serving(self) -> None:
         if self._served:

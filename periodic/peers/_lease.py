@@ -11,6 +11,8 @@ import abc
 import logging
 import math
 import random
+import secrets
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -126,6 +128,13 @@ class LeasePeer(PeerBase):
         # Whether the row may still name this node: set by a won election, cleared only
         # when the database names another holder (not by errors or a local expiry).
         self._held = False
+        # What the row names as holder: the node plus a token drawn at each serve, so
+        # processes that share a node name (a fork, a copied config) never share a lease.
+        self._claim = f"{self._node}/{secrets.token_hex(4)}"
+        # The lease's local end again, on a clock that also runs while the machine is
+        # suspended (Trio's monotonic clock stops then).
+        self._boot_until = -math.inf
+        self._draining = False
 
     @property
     def ttl(self) -> float:
@@ -136,17 +145,23 @@ class LeasePeer(PeerBase):
         return self._lease_until if self.is_leader() else -math.inf
 
     def is_leader(self) -> bool:
-        if not super().is_leader():
+        if not super().is_leader() or self._draining:
             return False
+        return self._lease_valid()
+
+    def _lease_valid(self) -> bool:
         try:
-            return trio.current_time() < self._lease_until
+            now = trio.current_time()
         except RuntimeError:  # asked outside trio.run: no clock, no claim
             return False
+        return now < self._lease_until and _boot_clock() < self._boot_until
 
     async def serve(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         self._begin_serving()
+        self._claim = f"{self._node}/{secrets.token_hex(4)}"
+        self._draining = False
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watchdog)
@@ -167,8 +182,9 @@ class LeasePeer(PeerBase):
         half = self._ttl / 2
         while True:
             sent = trio.current_time()
+            boot_sent = _boot_clock()
             try:
-                row = await self._call(self._backend.acquire, self._name, self._node, self._ttl)
+                row = await self._call(self._backend.acquire, self._name, self._claim, self._ttl)
             except Exception as exc:
                 _telemetry.record_election(self._name, "error")
                 await self._failed(exc)
@@ -181,7 +197,7 @@ class LeasePeer(PeerBase):
                     self._failures,
                 )
                 self._failures = 0
-            leading = row is not None and row[0] == self._node
+            leading = row is not None and row[0] == self._claim
             _telemetry.record_election(self._name, "leader" if leading else "follower")
             self._held = leading
             if (
@@ -192,6 +208,7 @@ class LeasePeer(PeerBase):
                 # (A reply that came after the local lease would already have ended
                 # claims nothing: the next renewal decides.)
                 self._lease_until = sent + self._ttl - self._margin
+                self._boot_until = boot_sent + self._ttl - self._margin
                 if self._is_leader and self._fence == row[1]:
                     self._lease_moved_now()
                 else:
@@ -200,7 +217,7 @@ class LeasePeer(PeerBase):
                 self._renewed = trio.Event()
                 await trio.sleep_until(sent + half)
             else:
-                holder = None if row is None else row[0]
+                holder = None if row is None else _node_of(row[0])
                 self._lease_until = -math.inf
                 self._set_follower(holder, f"{holder!r} holds the lease" if holder else "lost")
                 await self._wait_retry(half * random.uniform(0.75, 1.0))
@@ -241,40 +258,82 @@ class LeasePeer(PeerBase):
                 return
 
     async def _watchdog(self) -> None:
-        """Step down when the lease runs out locally without a renewal."""
+        """Step down when the lease runs out locally without a renewal.
+
+        Wakes at the lease's end on Trio's clock, and also every ``margin / 2`` to look at
+        the suspend-proof clock: after a suspend, Trio's clock has not moved, this one has.
+        """
+        check_every = max(self._margin / 2, 0.05)
         while True:
             renewed = self._renewed
             if self._is_leader:
-                with trio.move_on_at(self._lease_until):
+                wake = min(self._lease_until, trio.current_time() + check_every)
+                with trio.move_on_at(wake):
                     await renewed.wait()
                     continue
-                if self._is_leader and trio.current_time() >= self._lease_until:
+                if self._is_leader and not self._lease_valid():
                     self._set_follower(None, "lease expired: no renewal in time")
             else:
                 await renewed.wait()
 
     async def _stop(self) -> None:
-        with trio.CancelScope(shield=True) as scope:
-            scope.deadline = trio.current_time() + min(self._call_timeout, 5.0)
+        with trio.CancelScope(shield=True):
+            drained = await self._drain()
             # Also when it stepped down a moment ago (a failed renewal): the row may
-            # still be ours, and releasing it lets a follower take over at once.
-            may_hold = self._held
+            # still be ours, and releasing it lets a follower take over at once. Not while
+            # a run of this lease is still going: then the lease must run out instead.
+            may_hold = self._held and drained
             self._lease_until = -math.inf
+            self._boot_until = -math.inf
             self._end_serving("stopped")
-            if may_hold:
-                try:
-                    await self._call(self._backend.release, self._name, self._node)
-                except Exception as exc:
-                    _log.warning(
-                        "peer %r: could not release %r on the way out (it expires by itself): %r",
-                        self._node,
-                        self._name,
-                        exc,
-                    )
             try:
-                await self._call(self._backend.close)
-            except Exception as exc:
-                _log.warning("peer %r: closing the backend failed: %r", self._node, exc)
+                if may_hold:
+                    try:  # bounded by call_timeout, like every call
+                        await self._call(self._backend.release, self._name, self._claim)
+                    except Exception as exc:
+                        _log.warning(
+                            "peer %r: could not release %r on the way out (it expires by "
+                            "itself): %r",
+                            self._node,
+                            self._name,
+                            exc,
+                        )
+            finally:
+                try:
+                    await self._call(self._backend.close)
+                except Exception as exc:
+                    _log.warning("peer %r: closing the backend failed: %r", self._node, exc)
+
+    async def _drain(self) -> bool:
+        """Let the runs started under this lease finish before handing it over.
+
+        No new run starts meanwhile (:meth:`is_leader` says no), and the wait ends with
+        the lease at the latest, when the scheduler cancels those runs anyway.
+
+        Returns:
+            Whether no run of this lease is left.
+        """
+        if not self._in_flight:
+            return True
+        if not self._is_leader:
+            return False
+        self._draining = True
+        with trio.move_on_at(self._lease_until):
+            await self._wait_idle()
+        return not self._in_flight
+
+
+def _node_of(claim: str) -> str:
+    """The node name in a holder's claim ``node/token``."""
+    return claim.rpartition("/")[0] or claim
+
+
+def _boot_clock() -> float:
+    return time.clock_gettime(_BOOT_CLOCK)
+
+
+# CLOCK_BOOTTIME runs on during a suspend (Linux); elsewhere, the monotonic clock.
+_BOOT_CLOCK = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
 
 
 def _seconds(option: str, value: Any) -> float:

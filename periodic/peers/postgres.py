@@ -197,6 +197,7 @@ class _PostgresBackend(LeaseBackend):
         self._create_table = create_table
         self._created = False
         identifier = sql.Identifier(table)
+        self._regclass = f'"{table}"'  # quoted, as sql.Identifier does
         self._create_sql = sql.SQL(_CREATE).format(table=identifier)
         self._acquire_sql = sql.SQL(_ACQUIRE).format(table=identifier)
         self._release_sql = sql.SQL(_RELEASE).format(table=identifier)
@@ -240,7 +241,11 @@ class _PostgresBackend(LeaseBackend):
         conn = psycopg.connect(self._conninfo, autocommit=True, prepare_threshold=None)
         try:
             conn.execute(
-                "SELECT set_config('statement_timeout', %s, false)", (self._statement_timeout,)
+                "SELECT set_config('statement_timeout', %s, false), "
+                # The election's one-statement upsert is written for READ COMMITTED; a
+                # stricter default would turn a lost race into a serialization error.
+                "set_config('default_transaction_isolation', 'read committed', false)",
+                (self._statement_timeout,),
             )
         except BaseException:
             conn.close()
@@ -266,9 +271,13 @@ class _PostgresBackend(LeaseBackend):
     def _ensure_table(self, conn: _Connection) -> None:
         if self._created or not self._create_table:
             return
-        # UniqueViolation: another process created it at the same moment.
-        with contextlib.suppress(errors.UniqueViolation, errors.DuplicateTable):
-            conn.execute(self._create_sql)
+        # CREATE TABLE IF NOT EXISTS needs the right to create in the schema even when
+        # the table exists: look first, so a role allowed only to use it can.
+        exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (self._regclass,)).fetchone()
+        if not (exists and exists[0]):
+            # UniqueViolation: another process created it at the same moment.
+            with contextlib.suppress(errors.UniqueViolation, errors.DuplicateTable):
+                conn.execute(self._create_sql)
         self._created = True
 
     # -- LeaseBackend ---------------------------------------------------------------------

@@ -28,9 +28,11 @@ def check_table(table: object) -> str:
 
 
 class _SQLiteBackend(LeaseBackend):
-    def __init__(self, path: str, table: str, create_table: bool) -> None:
+    def __init__(self, path: str, table: str, create_table: bool, busy_timeout: float) -> None:
         self._path = path
-        self._table = table
+        # Quoted: a valid identifier may still be an SQL keyword ("order").
+        self._table = f'"{table}"'
+        self._busy_timeout = busy_timeout
         self._create_table = create_table
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
@@ -38,7 +40,10 @@ class _SQLiteBackend(LeaseBackend):
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             conn = sqlite3.connect(
-                self._path, timeout=5.0, isolation_level=None, check_same_thread=False
+                self._path,
+                timeout=self._busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
             )
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
@@ -142,10 +147,12 @@ class SQLitePeer(LeasePeer):
         if not isinstance(create_table, bool):
             raise TypeError(f"create_table must be a bool, got {create_table!r}")
         self._path = os.fspath(path)
-        backend = _SQLiteBackend(self._path, check_table(table), create_table)
+        backend = _SQLiteBackend(self._path, check_table(table), create_table, 5.0)
         super().__init__(
             backend, name=name, ttl=ttl, node=node, margin=margin, call_timeout=call_timeout
         )
+        # Waiting for another process's write lock counts against the call's own time.
+        backend._busy_timeout = self._call_timeout
 
     def __repr__(self) -> str:
         state = "leader" if self._is_leader else "follower"
