@@ -224,6 +224,7 @@ class _Bus:
             if (
                 wanted is not None
                 and wanted is not source
+                and wanted is not getattr(source, "_origin", None)
                 and wanted != getattr(event, "job", None)
             ):
                 continue
@@ -244,7 +245,8 @@ emit = _bus.emit
 def subscribe(handler: Handler, *, job: str | Periodic | None = None) -> Subscription:
     """Call ``handler(event)`` for every event a scheduler emits from now on.
 
-    A ``job`` filter passes that job's events only; :class:`LeadershipChanged` events,
+    A ``job`` filter passes that job's events only (a ``Periodic`` filter also those of
+    its copies made by :func:`periodic.testing.manual`); :class:`LeadershipChanged` events,
     which belong to a peer rather than a job, reach unfiltered subscriptions.
 
     Subscriptions are process-wide and may be made before ``trio.run``. Handlers are

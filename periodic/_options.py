@@ -158,7 +158,8 @@ def unwrap_partial(fn: Any) -> Any:
 
 def is_async_callable(fn: Any) -> bool:
     target = unwrap_partial(fn)
-    if inspect.iscoroutinefunction(target):
+    # inspect.unwrap: a functools.wraps decorator around an async function.
+    if inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(inspect.unwrap(target)):
         return True
     call = getattr(type(target), "__call__", None)  # noqa: B004 - callable instances
     return not inspect.isfunction(target) and inspect.iscoroutinefunction(call)
@@ -176,6 +177,11 @@ def check_run(value: Any) -> Any:
         )
     if not callable(value):
         raise TypeError(f"run must be a callable taking no arguments, got {value!r}")
+    if inspect.isasyncgenfunction(unwrap_partial(value)):
+        raise TypeError(
+            f"run must be an async or sync function, not an async generator function "
+            f"(got {value!r}): its body would never run"
+        )
     try:
         sig = inspect.signature(value)
     except (TypeError, ValueError):

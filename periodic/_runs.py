@@ -88,3 +88,4 @@ class _State:
     finished: dict[str, int] = attrs.field(factory=lambda: dict.fromkeys(Outcome, 0))
     skipped: dict[str, int] = attrs.field(factory=lambda: dict.fromkeys(SkipReason, 0))
     next_tick_at: float | None = None
+    thread_limiter: trio.CapacityLimiter | None = None

@@ -6,7 +6,7 @@ import datetime
 import inspect
 import math
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import attrs
@@ -35,7 +35,9 @@ from .peers._base import Peer, PeerBase
 _WALL_RECHECK = 30.0
 # Counting missed fire times stops here, so a long suspend of a per-second schedule
 # does not cost a long loop.
-_MAX_MISSED_COUNT = 100_000
+_MAX_MISSED_COUNT = 10_000
+# Worker threads a job's sync runs may hold at once (Trio's own default is 40, shared).
+_THREADS_PER_JOB = 40
 
 
 _UTC = datetime.timezone.utc
@@ -114,6 +116,8 @@ class Periodic:
     # The schedule, resolved from every/cron/tz: an interval, or a cron schedule.
     _interval: float | None = attrs.field(init=False, default=None)
     _first_delay: float = attrs.field(init=False, default=0.0)
+    # The job this one is a copy of (periodic.testing.manual), for event filters.
+    _origin: Periodic | None = attrs.field(init=False, default=None)
     _schedule: CronSchedule | None = attrs.field(init=False, default=None)
 
     @initial_delay.default
@@ -266,7 +270,7 @@ class Periodic:
         k = 0
         due = base
 
-        def catch_up() -> float:
+        def catch_up() -> tuple[float, datetime.datetime | None]:
             # Coalesce the ticks this one is late for into one "missed" event; the tick
             # then stands in for the latest one due.
             nonlocal k, due
@@ -276,12 +280,12 @@ class Periodic:
                 self._skip(SkipReason.MISSED, due, count=missed)
                 k += missed
                 due = base + k * every
-            return due
+            return due, None
 
         while True:
             await trio.sleep_until(due)
             if regular:
-                catch_up()
+                catch_up()  # (a late wake-up: the missed-tick rule)
                 if plain:
                     self._spawn(due, None, None)
                 else:
@@ -326,21 +330,49 @@ class Periodic:
                     break
                 state.next_tick_at = trio.current_time() + wait
                 await trio.sleep(min(wait, _WALL_RECHECK))
-            now = trio.current_time()
-            first_missed = fire
-            missed = 0
-            while missed < _MAX_MISSED_COUNT:
-                later = schedule.next_after(fire).astimezone(_UTC)
-                if later > wall:
-                    break
-                missed += 1
-                fire = later
-            if missed:
-                late = (wall - first_missed).total_seconds()
-                self._skip(SkipReason.MISSED, now - late, count=missed)
-            fire_time = fire.astimezone(schedule.tz)
-            await self._tick(now - (wall - fire).total_seconds(), fire_time=fire_time)
+            fire = self._cron_catch_up(schedule, fire)
+
+            def catch_up() -> tuple[float, datetime.datetime | None]:
+                # After a stop_previous wait: fire times passed meanwhile are missed too.
+                nonlocal fire
+                fire = self._cron_catch_up(schedule, fire)
+                return self._cron_due(fire), fire.astimezone(schedule.tz)
+
+            await self._tick(
+                self._cron_due(fire),
+                fire_time=fire.astimezone(schedule.tz),
+                catch_up=catch_up if self.on_overlap is Overlap.STOP_PREVIOUS else None,
+            )
             fire = schedule.next_after(fire).astimezone(_UTC)
+
+    def _cron_due(self, fire: datetime.datetime) -> float:
+        """When ``fire`` (a wall-clock time now past) was due, on Trio's clock."""
+        return trio.current_time() - (self._wall_now() - fire).total_seconds()
+
+    def _cron_catch_up(self, schedule: CronSchedule, fire: datetime.datetime) -> datetime.datetime:
+        """The latest fire time at or before the wall clock, from ``fire`` (due).
+
+        The fire times passed over are reported in one ``Skipped("missed")``; past
+        ``_MAX_MISSED_COUNT`` they are not counted one by one (a long suspend of a
+        per-second schedule): the latest one is found by bisection, and the count says
+        how many were counted.
+        """
+        wall = self._wall_now()
+        first = fire
+        missed = 0
+        while True:
+            later = schedule.next_after(fire).astimezone(_UTC)
+            if later > wall:
+                break
+            missed += 1
+            fire = later
+            if missed == _MAX_MISSED_COUNT:
+                fire = _latest_fire(schedule, fire, wall)
+                break
+        if missed:
+            late = (wall - first).total_seconds()
+            self._skip(SkipReason.MISSED, trio.current_time() - late, count=missed)
+        return fire
 
     async def _manual_tick(self) -> _Run | Skipped:
         """One tick due now, for :mod:`periodic.testing`.
@@ -373,7 +405,7 @@ class Periodic:
         self,
         scheduled_at: float,
         *,
-        catch_up: Callable[[], float] | None = None,
+        catch_up: Callable[[], tuple[float, datetime.datetime | None]] | None = None,
         fire_time: datetime.datetime | None = None,
     ) -> _Run | Skipped | None:
         """Apply the guards in order; start a run unless one of them says no.
@@ -407,7 +439,7 @@ class Periodic:
                 if catch_up is not None:
                     # The wait may have outlasted a period: don't start a run for a tick
                     # that the next one would stop at once.
-                    scheduled_at = catch_up()
+                    scheduled_at, fire_time = catch_up()
         if peer is not None and not peer.is_leader():
             # Leadership was lost while the previous runs unwound.
             return self._skip(SkipReason.NOT_LEADER, scheduled_at)
@@ -415,7 +447,10 @@ class Periodic:
 
     async def _stop_previous(self, runs: list[_Run]) -> None:
         for run in runs:
+            timed_out = run.scope.cancel_called  # its timeout fired: nothing to stop
             run.cancel(CancelReason.STOP_PREVIOUS)
+            if timed_out:
+                continue
             if run.started:
                 emit(StoppedPrevious(job=self.name, run_id=run.run_id), self)
             else:
@@ -450,6 +485,7 @@ class Periodic:
             state.next_run_id, scheduled_at, fence, fire_time, trio.CancelScope(shield=True)
         )
         state.next_run_id += 1
+        state.runs_started += 1
         state.running[run.run_id] = run
         state.nursery.start_soon(
             self._run_task, run, name=f"periodic {self.name} run {run.run_id}"
@@ -457,8 +493,23 @@ class Periodic:
         return run
 
     async def _run_task(self, run: _Run) -> None:
-        state = self._state
         started_at = trio.current_time()
+        try:
+            try:
+                self._begin_run(run, started_at)
+            except Exception as exc:  # a peer's lease_deadline() that raised, say
+                self._finish(run, Outcome.ERROR, started_at, error=exc)
+                return
+            outcome, result, error = await self._execute(run)
+        except BaseException as exc:
+            # KeyboardInterrupt, or a test's failure raised from an event handler:
+            # report the run (once), then let it through.
+            if run.finished is None:
+                self._finish(run, Outcome.CANCELLED, started_at, error=exc)
+            raise
+        self._finish(run, outcome, started_at, result=result, error=error)
+
+    def _begin_run(self, run: _Run, started_at: float) -> None:
         _current.set(
             RunInfo(
                 job=self.name,
@@ -469,7 +520,7 @@ class Periodic:
                 fire_time=run.fire_time,
             )
         )
-        state.runs_started += 1
+        run.started = True
         emit(
             Started(
                 job=self.name,
@@ -481,15 +532,13 @@ class Periodic:
             ),
             self,
         )
-        run.started = True
-        if run.fence is not None and isinstance(self.peer, PeerBase):
+        peer = self.peer
+        if run.fence is not None and isinstance(peer, PeerBase):
             # The peer hands its lease over only once such runs are over.
-            run.tracked_by = self.peer
-            self.peer._run_began()
+            run.tracked_by = peer
+            peer._run_began()
         if run.stop_pending:
             emit(StoppedPrevious(job=self.name, run_id=run.run_id), self)
-        scope = run.scope
-        peer = self.peer
         run.set_deadlines(
             timeout_at=started_at + self.timeout,
             lease_at=(
@@ -498,45 +547,52 @@ class Periodic:
                 else math.inf
             ),
         )
+
+    async def _execute(self, run: _Run) -> tuple[Outcome, Any, BaseException | None]:
+        """Run the job in the run's scope; how it ended, its result and its error."""
+        scope = run.scope
         result: Any = None
         error: BaseException | None = None
         try:
-            try:
-                with scope:
-                    try:
-                        if self._is_async:
-                            result = await self.run()
-                        else:
-                            result = await trio.to_thread.run_sync(self._call_sync)
-                    except Exception as exc:
-                        error = exc
-            except Exception as exc:
-                # What is left of an exception group once the scope removed its own
-                # Cancelled (a job's nursery cancelled by timeout or stop_previous).
-                error = exc
-        except BaseException as exc:
-            # KeyboardInterrupt and the like: report the run, then let it through.
-            self._finish(run, Outcome.CANCELLED, started_at, error=exc)
-            raise
+            with scope:
+                try:
+                    if self._is_async:
+                        result = await self.run()
+                    else:
+                        result = await trio.to_thread.run_sync(
+                            self._call_sync, limiter=self._thread_limiter()
+                        )
+                        if isinstance(result, _Coroutine):
+                            # A sync wrapper around an async job (run=lambda: job(x)).
+                            result = await result.coroutine
+                except Exception as exc:
+                    error = exc
+        except Exception as exc:
+            # What is left of an exception group once the scope removed its own
+            # Cancelled (a job's nursery cancelled by timeout or stop_previous).
+            error = exc
         if scope.cancel_called:
             if run.cancel_reason is None and run.lease_at < run.timeout_at:
                 run.cancel_reason = CancelReason.LEADERSHIP_LOST  # the lease ran out
             outcome = Outcome.CANCELLED if run.cancel_reason is not None else Outcome.TIMEOUT
-            result = None
-        elif error is not None:
-            outcome = Outcome.ERROR
-        else:
-            outcome = Outcome.OK
-        self._finish(run, outcome, started_at, result=result, error=error)
+            return outcome, None, error
+        if error is not None:
+            return Outcome.ERROR, None, error
+        return Outcome.OK, result, None
+
+    def _thread_limiter(self) -> trio.CapacityLimiter:
+        # A limiter of the job's own: its stuck threads (never abandoned) cannot starve
+        # the rest of the program of Trio's default worker threads.
+        limiter = self._state.thread_limiter
+        if limiter is None:
+            limiter = self._state.thread_limiter = trio.CapacityLimiter(_THREADS_PER_JOB)
+        return limiter
 
     def _call_sync(self) -> Any:
         result = self.run()
         if inspect.iscoroutine(result):
-            result.close()
-            raise TypeError(
-                f"job {self.name!r}: run is a sync callable that returned a coroutine; "
-                "pass an async function instead"
-            )
+            # Trio refuses a coroutine from a thread: hand it back wrapped, to be awaited.
+            return _Coroutine(result)
         return result
 
     def _finish(
@@ -553,6 +609,7 @@ class Periodic:
         state.finished[outcome] += 1
         if run.tracked_by is not None:
             run.tracked_by._run_ended()
+            run.tracked_by = None
         run.finished = event = Finished(
             job=self.name,
             run_id=run.run_id,
@@ -562,8 +619,10 @@ class Periodic:
             error=error,
             cancel_reason=run.cancel_reason if outcome is Outcome.CANCELLED else None,
         )
-        emit(event, self)
-        run.done.set()
+        try:
+            emit(event, self)
+        finally:
+            run.done.set()
 
     async def _shutdown_runs(self) -> None:
         """Give running instances ``job_shutdown`` seconds, cancel them, wait for them."""
@@ -594,3 +653,23 @@ class Periodic:
                         run.cancel(CancelReason.LEADERSHIP_LOST)
                     elif run.started:
                         run.set_deadlines(lease_at=peer.lease_deadline())
+
+
+def _latest_fire(
+    schedule: CronSchedule, fire: datetime.datetime, wall: datetime.datetime
+) -> datetime.datetime:
+    """The last fire time at or before ``wall``, given ``fire`` at or before it."""
+    low, high = fire, wall
+    while high - low > datetime.timedelta(milliseconds=1):
+        middle = low + (high - low) / 2
+        if schedule.next_after(middle).astimezone(_UTC) <= wall:
+            low = middle
+        else:
+            high = middle
+    later = schedule.next_after(low).astimezone(_UTC)
+    return later if later <= wall else fire
+
+
+@attrs.frozen
+class _Coroutine:
+    coroutine: Coroutine[Any, Any, Any]

@@ -49,7 +49,10 @@ def manual(job: Periodic, **changes: Any) -> Periodic:
     Raises:
         TypeError, ValueError: A changed option is invalid.
     """
-    return attrs.evolve(job, mode=Mode.MANUAL, **changes)
+    copy = attrs.evolve(job, mode=Mode.MANUAL, **changes)
+    # Event filters made with the original job see the copy's events too.
+    object.__setattr__(copy, "_origin", job._origin or job)
+    return copy
 
 
 async def tick(job: Periodic) -> int | None:
@@ -145,7 +148,11 @@ class CapturedEvents(Sequence[Event]):
     def __repr__(self) -> str:
         return f"CapturedEvents({self._events!r})"
 
-    def of(self, kind: type[E] | str) -> list[E]:
+    @overload
+    def of(self, kind: type[E]) -> list[E]: ...
+    @overload
+    def of(self, kind: str) -> list[Any]: ...
+    def of(self, kind: type[E] | str) -> list[E] | list[Any]:
         """The captured events of one kind: a class, or ``"started"``, ``"finished"``,
         ``"skipped"``, ``"stopped_previous"``, ``"leadership_changed"``.
 
@@ -155,7 +162,11 @@ class CapturedEvents(Sequence[Event]):
         cls = _kind(kind)
         return cast("list[E]", [e for e in self._events if isinstance(e, cls)])
 
-    def find(self, kind: type[E] | str, **fields: Any) -> list[E]:
+    @overload
+    def find(self, kind: type[E], **fields: Any) -> list[E]: ...
+    @overload
+    def find(self, kind: str, **fields: Any) -> list[Any]: ...
+    def find(self, kind: type[E] | str, **fields: Any) -> list[E] | list[Any]:
         """The captured events of ``kind`` whose fields equal ``fields``.
 
         Raises:
@@ -166,7 +177,11 @@ class CapturedEvents(Sequence[Event]):
         _check_fields(cls, fields)
         return cast("list[E]", [e for e in self._events if _matches(e, cls, fields)])
 
-    def assert_emitted(self, kind: type[E] | str, **fields: Any) -> E:
+    @overload
+    def assert_emitted(self, kind: type[E], **fields: Any) -> E: ...
+    @overload
+    def assert_emitted(self, kind: str, **fields: Any) -> Any: ...
+    def assert_emitted(self, kind: type[E] | str, **fields: Any) -> E | Any:
         """Assert that an event of ``kind`` with these field values was emitted.
 
         Field values compare with ``==``, so ``outcome="ok"`` matches ``Outcome.OK``.
@@ -198,16 +213,22 @@ class CapturedEvents(Sequence[Event]):
                 f"emitted, expected none; captured:\n{self._listing()}"
             )
 
-    async def wait_for(self, kind: type[E] | str, **fields: Any) -> E:
+    @overload
+    async def wait_for(self, kind: type[E], **fields: Any) -> E: ...
+    @overload
+    async def wait_for(self, kind: str, **fields: Any) -> Any: ...
+    async def wait_for(self, kind: type[E] | str, **fields: Any) -> E | Any:
         """Wait until an event of ``kind`` with these field values has been captured.
 
-        Returns at once if one already was. Combine with ``trio.fail_after`` to bound it.
+        Returns at once (after a checkpoint) if one already was. Combine with
+        ``trio.fail_after`` to bound it.
 
         Returns:
             The first matching event.
         """
         cls = _kind(kind)
         _check_fields(cls, fields)
+        await trio.lowlevel.checkpoint()
         waiter = trio.Event()
         entry = (cls, fields, waiter)
         self._waiters.append(entry)

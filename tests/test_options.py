@@ -93,6 +93,25 @@ def test_a_coroutine_object_is_refused_with_a_hint() -> None:
         Periodic(run=job(), every=1)
 
 
+def test_an_async_generator_function_is_refused() -> None:
+    async def agen():  # type: ignore[no-untyped-def]
+        yield 1
+
+    with pytest.raises(TypeError, match="not an async generator function"):
+        Periodic(run=agen, every=1)
+
+
+def test_a_wrapped_async_function_is_async() -> None:
+    def logged(fn):  # type: ignore[no-untyped-def]
+        @functools.wraps(fn)
+        def wrapper():  # type: ignore[no-untyped-def]
+            return fn()
+
+        return wrapper
+
+    assert Periodic(run=logged(job), every=1)._is_async
+
+
 def test_run_needing_arguments_is_refused() -> None:
     async def needs(x: int) -> None:
         pass

@@ -81,20 +81,19 @@ async def test_a_sync_job_that_raises_is_an_error(
     assert isinstance(finished.error, OSError)
 
 
-async def test_a_sync_callable_returning_a_coroutine_is_an_error(
+async def test_a_sync_wrapper_returning_a_coroutine_is_awaited(
     autojump_clock: trio.testing.MockClock, events: list[Event]
 ) -> None:
-    async def real() -> None:
-        pass
+    async def real(x: int) -> int:
+        await trio.sleep(0)
+        return x * 2
 
     async with trio.open_nursery() as nursery:
-        await nursery.start(Periodic(run=lambda: real(), every=1000, initial_delay=1).serve)
+        await nursery.start(Periodic(run=lambda: real(21), every=1000, initial_delay=1).serve)
         await wait_for(events, Finished)
         nursery.cancel_scope.cancel()
     finished = of(Finished, events)[0]
-    assert finished.outcome is Outcome.ERROR
-    assert isinstance(finished.error, TypeError)
-    assert "returned a coroutine" in str(finished.error)
+    assert (finished.outcome, finished.result) == (Outcome.OK, 42)
 
 
 async def test_timeout_waits_for_the_thread_then_drops_its_result(
