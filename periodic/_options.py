@@ -8,7 +8,10 @@ import functools
 import inspect
 import math
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+if TYPE_CHECKING:
+    from .peers._base import Peer
 
 
 class DelayMode(str, enum.Enum):
@@ -75,15 +78,15 @@ _on_overlap = enum_converter("on_overlap", Overlap)
 _mode = enum_converter("mode", Mode)
 
 
-def delay_mode(value: Any) -> DelayMode | None:
+def delay_mode(value: DelayMode | Literal["regular", "shifted"] | None) -> DelayMode | None:
     return None if value is None else _delay_mode(value)
 
 
-def on_overlap(value: Any) -> Overlap:
+def on_overlap(value: Overlap | Literal["run", "ignore", "stop_previous"]) -> Overlap:
     return _on_overlap(value)
 
 
-def mode(value: Any) -> Mode:
+def mode(value: Mode | Literal["auto", "manual"]) -> Mode:
     return _mode(value)
 
 
@@ -101,7 +104,7 @@ def _seconds(option: str, value: Any, *, accepts: str) -> float:
     return seconds
 
 
-def every(value: Any) -> float | None:
+def every(value: float | datetime.timedelta | str | None) -> float | None:
     if value is None:
         return None
     accepts = (
@@ -121,7 +124,7 @@ def every(value: Any) -> float | None:
     return seconds
 
 
-def initial_delay(value: Any) -> float | None:
+def initial_delay(value: float | datetime.timedelta | None) -> float | None:
     if value is None:
         return None
     accepts = "a finite number of seconds >= 0 or a timedelta (default: every)"
@@ -131,7 +134,7 @@ def initial_delay(value: Any) -> float | None:
     return seconds
 
 
-def timeout(value: Any) -> float:
+def timeout(value: float | datetime.timedelta | None) -> float:
     """``None`` and ``math.inf`` both become ``math.inf``: no limit."""
     if value is None:
         return math.inf
@@ -142,7 +145,7 @@ def timeout(value: Any) -> float:
     return seconds
 
 
-def job_shutdown(value: Any) -> float:
+def job_shutdown(value: float | datetime.timedelta) -> float:
     accepts = "a number of seconds >= 0, math.inf, or a timedelta"
     seconds = _seconds("job_shutdown", value, accepts=accepts)
     if not seconds >= 0:
@@ -165,7 +168,7 @@ def is_async_callable(fn: Any) -> bool:
     return not inspect.isfunction(target) and inspect.iscoroutinefunction(call)
 
 
-def check_run(value: Any) -> Any:
+def check_run(value: Callable[[], object]) -> Callable[[], object]:
     if value is None:
         raise TypeError("run is required: pass the job function, e.g. Periodic(run=cleanup)")
     if inspect.iscoroutine(value) or inspect.isawaitable(value):
@@ -196,7 +199,7 @@ def check_run(value: Any) -> Any:
     return value
 
 
-def check_when(value: Any) -> Any:
+def check_when(value: Callable[[], object] | None) -> Callable[[], object] | None:
     if value is not None and not callable(value):
         raise TypeError(
             f"when must be None or a callable returning a bool (sync or async), got {value!r}"
@@ -204,7 +207,7 @@ def check_when(value: Any) -> Any:
     return value
 
 
-def check_name(value: Any) -> str:
+def check_name(value: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"name must be a non-empty str, got {value!r}")
     if not value.strip():
@@ -220,7 +223,7 @@ def default_name(run: Any) -> str:
     return name
 
 
-def check_peer(value: Any) -> Any:
+def check_peer(value: Peer | None) -> Peer | None:
     from .peers._base import Peer
 
     if value is not None and not isinstance(value, Peer):
@@ -231,19 +234,19 @@ def check_peer(value: Any) -> Any:
     return value
 
 
-def check_cancel_on_leadership_loss(value: Any) -> bool:
+def check_cancel_on_leadership_loss(value: bool) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"cancel_on_leadership_loss must be a bool, got {value!r}")
     return value
 
 
-def check_cron(value: Any) -> str | None:
+def check_cron(value: str | None) -> str | None:
     if value is not None and not isinstance(value, str):
         raise TypeError(f"cron must be a crontab spec (str) such as '0 2 * * *', got {value!r}")
     return value
 
 
-def check_tz(value: Any) -> Any:
+def check_tz(value: str | datetime.tzinfo | None) -> str | datetime.tzinfo | None:
     if value is not None and not isinstance(value, (str, datetime.tzinfo)):
         raise TypeError(
             f"tz must be an IANA zone name such as 'Europe/Berlin', a tzinfo, or None, "
@@ -252,7 +255,9 @@ def check_tz(value: Any) -> Any:
     return value
 
 
-def check_wall_clock(value: Any) -> Any:
+def check_wall_clock(
+    value: Callable[[], datetime.datetime] | None,
+) -> Callable[[], datetime.datetime] | None:
     if value is not None and not callable(value):
         raise TypeError(
             f"wall_clock must be None or a callable returning an aware datetime, got {value!r}"
