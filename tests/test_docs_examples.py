@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import time
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import trio
+from example_support import EXAMPLES, load_example
 
 import periodic
 from periodic import Periodic
 from periodic.events import Finished, Outcome, Started
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "docs" / "examples"
-
-
-def load_example(name: str) -> ModuleType:
-    path = EXAMPLES / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"docs_example_{name}", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 async def test_demo_prints_its_ticks_on_the_half_second_grid(autojump_clock, events, capsys):

@@ -44,7 +44,7 @@ def backend(pg_dsn: str, pg_table: str) -> Iterator[Callable[[], _PostgresBacken
 
     def make() -> _PostgresBackend:
         b = _PostgresBackend(pg_dsn, pg_table, create_table=True)
-        b.set_timeout(2.0)
+        b.set_call_timeout(2.0)
         made.append(b)
         return b
 
@@ -234,7 +234,7 @@ def test_wait_released_ends_well_within_the_call_timeout(
     backend: Callable[[], _PostgresBackend],
 ) -> None:
     b = backend()
-    b.set_timeout(0.25)  # ttl 1 s: the peer abandons a call after 0.25 s
+    b.set_call_timeout(0.25)  # ttl 1 s: the peer abandons a call after 0.25 s
     b.wait_released("job", 0.0)
     started = time.monotonic()
     assert b.wait_released("job", 0.5) is False
@@ -268,7 +268,7 @@ def test_without_create_table_a_missing_table_is_an_error(pg_dsn: str, pg_table:
 
 def test_a_lost_idle_connection_is_replaced_within_the_call(pg_dsn: str, pg_table: str) -> None:
     b = _PostgresBackend(app_dsn(pg_dsn, "periodic-test-lost"), pg_table, create_table=True)
-    b.set_timeout(2.0)
+    b.set_call_timeout(2.0)
     try:
         assert b.acquire("job", "a", 30.0) == ("a", 1)
         before = backend_pids(pg_dsn, "periodic-test-lost")
@@ -281,7 +281,7 @@ def test_a_lost_idle_connection_is_replaced_within_the_call(pg_dsn: str, pg_tabl
 
 def test_calls_are_bounded_by_a_statement_timeout(pg_dsn: str, pg_table: str) -> None:
     b = _PostgresBackend(pg_dsn, pg_table, create_table=True)
-    b.set_timeout(0.3)
+    b.set_call_timeout(0.3)
     blocker = psycopg.connect(pg_dsn)  # holds the row lock in an open transaction
     try:
         assert b.acquire("job", "a", 30.0) == ("a", 1)

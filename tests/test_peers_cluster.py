@@ -11,7 +11,6 @@ Every wait is bounded and every child process is killed in a ``finally``.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import itertools
 import json
 import math
@@ -25,12 +24,12 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import closing
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import attrs
 import pytest
 import trio
+from example_support import load_example
 from pg_support import query, require_postgres, unique_table
 
 import periodic
@@ -39,7 +38,6 @@ from periodic.peers import Peer
 from periodic.peers.sqlite import SQLitePeer
 
 WORKER = Path(__file__).resolve().parent / "peer_worker.py"
-EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
 REPORT = Path("/tmp/periodic-failover.json")
 # Scheduling delays on a loaded machine, on top of what the election's timing allows.
 SLACK = 0.75
@@ -64,15 +62,6 @@ def report(backend: str, kind: str, ttl: float, seconds: list[float], **extra: A
     }
     _measured.append(entry)
     print(f"\n[failover] {json.dumps(entry)}")
-
-
-def load_example(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"docs_example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # -- where the elections live -------------------------------------------------------------

@@ -9,17 +9,16 @@ every wait is bounded.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import attrs
 import pytest
 import trio
+from example_support import load_example
 from pg_support import query, require_postgres, unique_table
 from trio.testing import wait_all_tasks_blocked
 
@@ -43,16 +42,6 @@ from periodic.testing import capture_events, manual, sync_tick, tick
 TTL = 1.0
 # Generous: a loaded CI machine may take a while to run a statement in a worker thread.
 BOUND = 10.0
-EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
-
-
-def load_example(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"docs_example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @attrs.define

@@ -60,6 +60,11 @@ class LeaseBackend(abc.ABC):
     def release(self, name: str, node: str) -> None:
         """Expire the lease now if ``node`` holds it, keeping the epoch, and tell others."""
 
+    def set_call_timeout(self, seconds: float) -> None:
+        """Learn how long the peer lets one call take, to bound waits of the backend's
+        own (connecting, locks, statements) below it. Called once, by the peer."""
+        return  # by default a backend has no waits of its own to bound
+
     def wait_released(self, name: str, timeout: float) -> bool:
         """Block for at most ``timeout`` seconds for news that the lease was released.
 
@@ -121,6 +126,7 @@ class LeasePeer(PeerBase):
                 f"({self._ttl - self._margin:g} s), got {call_timeout!r}"
             )
         self._backend = backend
+        backend.set_call_timeout(self._call_timeout)
         self._limiter = trio.CapacityLimiter(1)
         self._lease_until = -math.inf
         self._renewed = trio.Event()
@@ -130,7 +136,7 @@ class LeasePeer(PeerBase):
         self._held = False
         # What the row names as holder: the node plus a token drawn at each serve, so
         # processes that share a node name (a fork, a copied config) never share a lease.
-        self._claim = f"{self._node}/{secrets.token_hex(4)}"
+        self._claim = self._node
         # The lease's local end again, on a clock that also runs while the machine is
         # suspended (Trio's monotonic clock stops then).
         self._boot_until = -math.inf

@@ -204,9 +204,9 @@ class _PostgresBackend(LeaseBackend):
         self._listen_sql = sql.SQL("LISTEN {}").format(identifier)
         self._main = _Link(self._connect)
         self._listener = _Link(self._connect_listening)
-        self.set_timeout(5.0)
+        self.set_call_timeout(5.0)
 
-    def set_timeout(self, seconds: float) -> None:
+    def set_call_timeout(self, seconds: float) -> None:
         """Bound every call to about ``seconds``: connecting, the statement, a dead peer.
 
         Options given in the DSN win over these defaults.
@@ -384,7 +384,6 @@ class PostgresPeer(LeasePeer):
         super().__init__(
             backend, name=name, ttl=ttl, node=node, margin=margin, call_timeout=call_timeout
         )
-        backend.set_timeout(self._call_timeout)
         self._where = backend.describe()
         self._table = table
 

@@ -28,11 +28,11 @@ def check_table(table: object) -> str:
 
 
 class _SQLiteBackend(LeaseBackend):
-    def __init__(self, path: str, table: str, create_table: bool, busy_timeout: float) -> None:
+    def __init__(self, path: str, table: str, create_table: bool) -> None:
         self._path = path
         # Quoted: a valid identifier may still be an SQL keyword ("order").
         self._table = f'"{table}"'
-        self._busy_timeout = busy_timeout
+        self._busy_timeout = 5.0
         self._create_table = create_table
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
@@ -104,6 +104,10 @@ class _SQLiteBackend(LeaseBackend):
     def release(self, name: str, node: str) -> None:
         self._run(name, node, None)
 
+    def set_call_timeout(self, seconds: float) -> None:
+        # Waiting for another process's write lock counts against the call's own time.
+        self._busy_timeout = seconds
+
     def close(self) -> None:
         with self._lock:
             self._drop()
@@ -147,12 +151,10 @@ class SQLitePeer(LeasePeer):
         if not isinstance(create_table, bool):
             raise TypeError(f"create_table must be a bool, got {create_table!r}")
         self._path = os.fspath(path)
-        backend = _SQLiteBackend(self._path, check_table(table), create_table, 5.0)
+        backend = _SQLiteBackend(self._path, check_table(table), create_table)
         super().__init__(
             backend, name=name, ttl=ttl, node=node, margin=margin, call_timeout=call_timeout
         )
-        # Waiting for another process's write lock counts against the call's own time.
-        backend._busy_timeout = self._call_timeout
 
     def __repr__(self) -> str:
         state = "leader" if self._is_leader else "follower"
