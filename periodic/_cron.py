@@ -203,6 +203,25 @@ class CronSchedule:
         raise ValueError(f"cron spec {self.spec!r} does not match in the 50 years after {wall}")
 
 
+def utc_now() -> dt.datetime:
+    """The wall clock now, in UTC."""
+    return dt.datetime.now(UTC)
+
+
+def latest_fire(schedule: CronSchedule, fire: dt.datetime, wall: dt.datetime) -> dt.datetime:
+    """The last fire time of ``schedule`` at or before ``wall``, given ``fire`` at or
+    before it (both aware), found by bisection: for a gap of millions of fire times."""
+    low, high = fire, wall
+    while high - low > dt.timedelta(milliseconds=1):
+        middle = low + (high - low) / 2
+        if _utc(schedule.next_after(middle)) <= wall:
+            low = middle
+        else:
+            high = middle
+    later = _utc(schedule.next_after(low))
+    return later if later <= wall else fire
+
+
 def parse_schedule(spec: str, tz: str | dt.tzinfo | None = None) -> CronSchedule | float:
     """Parse a crontab spec, as the ``cron=`` option takes it.
 

@@ -6,12 +6,9 @@ import datetime
 import enum
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
-
-if TYPE_CHECKING:
-    from ._scheduler import Periodic
 
 _log = logging.getLogger("periodic")
 
@@ -165,6 +162,13 @@ class LeadershipChanged:
     reason: str
 
 
+class EventSource:
+    """What a :func:`subscribe` filter may name besides a job's name: a
+    :class:`~periodic.Periodic` (which derives from this)."""
+
+    __slots__ = ()
+
+
 Event = Started | Finished | Skipped | StoppedPrevious | LeadershipChanged
 Handler = Callable[[Event], object]
 
@@ -177,7 +181,7 @@ class Subscription:
     """
 
     handler: Handler
-    job: str | Periodic | None
+    job: str | EventSource | None
     _closed: bool = attrs.field(default=False, init=False)
 
     @property
@@ -218,15 +222,12 @@ class _Bus:
     def remove(self, sub: Subscription) -> None:
         self.subscriptions = tuple(s for s in self.subscriptions if s is not sub)
 
-    def emit(self, event: Event, source: object) -> None:
+    def emit(self, event: Event, keys: tuple[object, ...] = ()) -> None:
+        """Deliver ``event``; ``keys`` are the objects a filter may name to get it
+        (a job and the job it is a copy of), besides the event's job name."""
         for sub in self.subscriptions:
             wanted = sub.job
-            if (
-                wanted is not None
-                and wanted is not source
-                and wanted is not getattr(source, "_origin", None)
-                and wanted != getattr(event, "job", None)
-            ):
+            if wanted is not None and wanted not in keys and wanted != getattr(event, "job", None):
                 continue
             try:
                 sub.handler(event)
@@ -242,7 +243,7 @@ _bus = _Bus()
 emit = _bus.emit
 
 
-def subscribe(handler: Handler, *, job: str | Periodic | None = None) -> Subscription:
+def subscribe(handler: Handler, *, job: str | EventSource | None = None) -> Subscription:
     """Call ``handler(event)`` for every event a scheduler emits from now on.
 
     A ``job`` filter passes that job's events only (a ``Periodic`` filter also those of
@@ -265,11 +266,9 @@ def subscribe(handler: Handler, *, job: str | Periodic | None = None) -> Subscri
         TypeError: ``handler`` is not callable, or ``job`` is neither a name nor a
             ``Periodic``.
     """
-    from ._scheduler import Periodic
-
     if not callable(handler):
         raise TypeError(f"subscribe: handler must be callable, got {handler!r}")
-    if job is not None and not isinstance(job, (str, Periodic)):
+    if job is not None and not isinstance(job, (str, EventSource)):
         raise TypeError(
             f"subscribe: job must be a job name (str), a Periodic or None, got {job!r}"
         )

@@ -1,19 +1,34 @@
-"""The state a scheduler keeps: its runs, its counters, and their snapshot."""
+"""The life of a job's runs: spawn, begin, execute, finish, stop, shut down, and the
+leadership watch.
+
+A :class:`Runs` belongs to one :class:`~periodic.Periodic` for its whole life (run ids
+and counters go on across serves); ``serve`` binds it to its nursery with :meth:`open`
+and lets go with :meth:`shutdown`. It reports only through events.
+"""
 
 from __future__ import annotations
 
+import contextvars
 import datetime
+import inspect
+import logging
 import math
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
-from ._events import CancelReason, Finished, Outcome, SkipReason
+from ._events import CancelReason, Finished, Outcome, Started, StoppedPrevious, emit
+from ._runinfo import RunInfo, _current
 
 if TYPE_CHECKING:
-    from .peers._base import PeerBase
+    from .peers._base import Peer
+
+_log = logging.getLogger("periodic")
+
+# Worker threads a job's sync runs may hold at once (Trio's own default is 40, shared).
+_THREADS_PER_JOB = 40
 
 
 @attrs.frozen(kw_only=True)
@@ -26,7 +41,8 @@ class Statistics:
         finished: Finished runs by outcome (``"ok"``, ``"error"``, ``"timeout"``,
             ``"cancelled"``), every outcome present.
         skipped: Skipped ticks by reason (``"overlap"``, ``"guard"``, ``"guard_error"``,
-            ``"missed"``), every reason present; ``missed`` counts ticks, not events.
+            ``"missed"``, ``"not_leader"``), every reason present; ``missed`` counts
+            ticks, not events.
         next_tick_at: When the next automatic tick is due (``trio.current_time()``), or
             ``None`` when not served, in manual mode, or in shifted mode while a run goes on.
     """
@@ -39,7 +55,13 @@ class Statistics:
 
 
 @attrs.define(eq=False)
-class _Run:
+class Run:
+    """One run of a job, from its spawn to its :class:`Finished`.
+
+    The handle the scheduler and :mod:`periodic.testing` share: ``run_id``, ``done`` (set
+    once the run's ``Finished`` has been emitted) and ``finished`` (that event).
+    """
+
     run_id: int
     scheduled_at: float
     fence: int | None
@@ -53,8 +75,13 @@ class _Run:
     # was started under (for a peer-guarded job that cancels on leadership loss).
     timeout_at: float = math.inf
     lease_at: float = math.inf
-    # The peer told of this run (PeerBase._run_began), to be told when it ends.
-    tracked_by: PeerBase | None = None
+    # The peer told of this run (Peer.run_began), to be told when it ends.
+    tracked_by: Peer | None = None
+    # stop_previous reached the run before its task began: StoppedPrevious must still
+    # come after its Started, so the run's task emits it.
+    stop_pending: bool = False
+    # Called once the run is over (shifted mode arms the next tick from it).
+    on_done: Callable[[], object] | None = None
 
     def set_deadlines(
         self, *, timeout_at: float | None = None, lease_at: float | None = None
@@ -65,10 +92,6 @@ class _Run:
             self.lease_at = lease_at
         self.scope.deadline = min(self.timeout_at, self.lease_at)
 
-    # stop_previous reached the run before its task began: StoppedPrevious must still
-    # come after its Started, so the run's task emits it.
-    stop_pending: bool = False
-
     def cancel(self, reason: CancelReason) -> None:
         # A run whose timeout already fired stays a timeout.
         if self.cancel_reason is None and not self.scope.cancel_called:
@@ -77,15 +100,270 @@ class _Run:
 
 
 @attrs.define(eq=False)
-class _State:
-    serving: bool = False
-    accepting: bool = False
-    nursery: trio.Nursery | None = None
-    tick_lock: trio.Lock | None = None
-    running: dict[int, _Run] = attrs.field(factory=dict)
-    next_run_id: int = 1
-    runs_started: int = 0
-    finished: dict[str, int] = attrs.field(factory=lambda: dict.fromkeys(Outcome, 0))
-    skipped: dict[str, int] = attrs.field(factory=lambda: dict.fromkeys(SkipReason, 0))
-    next_tick_at: float | None = None
-    thread_limiter: trio.CapacityLimiter | None = None
+class Runs:
+    """The runs of one job: what starts them, watches them and ends them.
+
+    Args:
+        name: The job's name, for events.
+        fn: The job.
+        is_async: Whether ``fn`` is awaited (else it runs in a worker thread).
+        timeout: Seconds a run may take.
+        job_shutdown: Seconds of grace at shutdown.
+        peer: The job's peer, told of runs started under its leadership.
+        cancel_on_leadership_loss: Whether runs end with the lease they started under.
+        keys: What event filters may name to get this job's events.
+    """
+
+    name: str
+    fn: Callable[[], Any]
+    is_async: bool
+    timeout: float
+    job_shutdown: float
+    peer: Peer | None
+    cancel_on_leadership_loss: bool
+    keys: tuple[object, ...]
+
+    running: dict[int, Run] = attrs.field(init=False, factory=dict)
+    runs_started: int = attrs.field(init=False, default=0)
+    finished: dict[Outcome, int] = attrs.field(
+        init=False, factory=lambda: dict.fromkeys(Outcome, 0)
+    )
+    _next_run_id: int = attrs.field(init=False, default=1)
+    _nursery: trio.Nursery | None = attrs.field(init=False, default=None)
+    # The context runs start in: a copy of serve's, whoever spawns them (the timer).
+    _context: contextvars.Context | None = attrs.field(init=False, default=None)
+    _thread_limiter: trio.CapacityLimiter | None = attrs.field(init=False, default=None)
+    # The leadership watch's scope, while it runs.
+    _watch_scope: trio.CancelScope | None = attrs.field(init=False, default=None)
+
+    @property
+    def accepting(self) -> bool:
+        """Whether new runs can start: between :meth:`open` and :meth:`shutdown`."""
+        return self._nursery is not None
+
+    def open(self, nursery: trio.Nursery) -> None:
+        """Start runs in ``nursery`` from now on, in the calling task's context."""
+        self._nursery = nursery
+        self._context = contextvars.copy_context()
+        if self.peer is not None and self.cancel_on_leadership_loss:
+            # Shielded like the runs, so leadership loss still stops runs during the
+            # shutdown grace; shutdown() cancels it once every run is over.
+            self._watch_scope = trio.CancelScope(shield=True)
+            nursery.start_soon(self._watch_leadership, self.peer, self._watch_scope)
+
+    def spawn(
+        self, scheduled_at: float, fence: int | None, fire_time: datetime.datetime | None
+    ) -> Run | None:
+        """Start a run now (its task begins at Trio's next scheduling round).
+
+        Returns:
+            The run, or ``None`` when runs are not accepted (shutting down).
+        """
+        nursery = self._nursery
+        if nursery is None:
+            return None
+        run = Run(self._next_run_id, scheduled_at, fence, fire_time, trio.CancelScope(shield=True))
+        self._next_run_id += 1
+        self.runs_started += 1
+        self.running[run.run_id] = run
+        assert self._context is not None
+        self._context.run(nursery.start_soon, self._run_task, run)
+        return run
+
+    def stop(self, runs: list[Run]) -> None:
+        """Cancel ``runs`` for ``stop_previous``, announcing each that is not a timeout."""
+        for run in runs:
+            timed_out = run.scope.cancel_called  # its timeout fired: nothing to stop
+            run.cancel(CancelReason.STOP_PREVIOUS)
+            if timed_out:
+                continue
+            if run.started:
+                emit(StoppedPrevious(job=self.name, run_id=run.run_id), self.keys)
+            else:
+                run.stop_pending = True
+
+    async def shutdown(self) -> None:
+        """Accept no more runs; give running ones ``job_shutdown`` seconds, cancel the
+        rest, and wait for all of them (shielded: it finishes even when cancelled)."""
+        self._nursery = None
+        self._context = None
+        running = self.running
+        if running:
+            with trio.CancelScope(shield=True) as grace:
+                grace.deadline = trio.current_time() + self.job_shutdown
+                for run in list(running.values()):
+                    await run.done.wait()
+            for run in list(running.values()):
+                run.cancel(CancelReason.SHUTDOWN)
+            with trio.CancelScope(shield=True):
+                for run in list(running.values()):
+                    await run.done.wait()
+        if self._watch_scope is not None:
+            self._watch_scope.cancel()
+            self._watch_scope = None
+
+    # -- a run's task ---------------------------------------------------------------------
+
+    async def _run_task(self, run: Run) -> None:
+        started_at = trio.current_time()
+        try:
+            try:
+                self._begin(run, started_at)
+            except Exception as exc:  # a peer's lease_deadline() that raised, say
+                self._finish(run, Outcome.ERROR, started_at, error=exc)
+                return
+            outcome, result, error = await self._execute(run)
+        except BaseException as exc:
+            # KeyboardInterrupt, or a test's failure raised from an event handler:
+            # report the run (once), then let it through.
+            if run.finished is None:
+                self._finish(run, Outcome.CANCELLED, started_at, error=exc)
+            raise
+        self._finish(run, outcome, started_at, result=result, error=error)
+
+    def _begin(self, run: Run, started_at: float) -> None:
+        _current.set(
+            RunInfo(
+                job=self.name,
+                run_id=run.run_id,
+                scheduled_at=run.scheduled_at,
+                started_at=started_at,
+                fence=run.fence,
+                fire_time=run.fire_time,
+            )
+        )
+        run.started = True
+        emit(
+            Started(
+                job=self.name,
+                run_id=run.run_id,
+                scheduled_at=run.scheduled_at,
+                started_at=started_at,
+                fence=run.fence,
+                fire_time=run.fire_time,
+            ),
+            self.keys,
+        )
+        peer = self.peer
+        if run.fence is not None and peer is not None:
+            # A lease peer hands its lease over only once such runs are over.
+            run.tracked_by = peer
+            peer.run_began(run.fence)
+        if run.stop_pending:
+            emit(StoppedPrevious(job=self.name, run_id=run.run_id), self.keys)
+        run.set_deadlines(
+            timeout_at=started_at + self.timeout,
+            lease_at=(
+                peer.lease_deadline()
+                if peer is not None and self.cancel_on_leadership_loss and run.fence is not None
+                else math.inf
+            ),
+        )
+
+    async def _execute(self, run: Run) -> tuple[Outcome, Any, BaseException | None]:
+        """Run the job in the run's scope; how it ended, its result and its error."""
+        scope = run.scope
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            with scope:
+                try:
+                    if self.is_async:
+                        result = await self.fn()
+                    else:
+                        result = await trio.to_thread.run_sync(
+                            self._call_sync, limiter=self._limiter()
+                        )
+                        if isinstance(result, _Coroutine):
+                            # A sync wrapper around an async job (run=lambda: job(x)).
+                            result = await result.coroutine
+                except Exception as exc:
+                    error = exc
+        except Exception as exc:
+            # What is left of an exception group once the scope removed its own
+            # Cancelled (a job's nursery cancelled by timeout or stop_previous).
+            error = exc
+        if scope.cancel_called:
+            if run.cancel_reason is None and run.lease_at < run.timeout_at:
+                run.cancel_reason = CancelReason.LEADERSHIP_LOST  # the lease ran out
+            outcome = Outcome.CANCELLED if run.cancel_reason is not None else Outcome.TIMEOUT
+            return outcome, None, error
+        if error is not None:
+            return Outcome.ERROR, None, error
+        return Outcome.OK, result, None
+
+    def _limiter(self) -> trio.CapacityLimiter:
+        # A limiter of the job's own: its stuck threads (never abandoned) cannot starve
+        # the rest of the program of Trio's default worker threads.
+        limiter = self._thread_limiter
+        if limiter is None:
+            limiter = self._thread_limiter = trio.CapacityLimiter(_THREADS_PER_JOB)
+        return limiter
+
+    def _call_sync(self) -> Any:
+        result = self.fn()
+        if inspect.iscoroutine(result):
+            # Trio refuses a coroutine from a thread: hand it back wrapped, to be awaited.
+            return _Coroutine(result)
+        return result
+
+    def _finish(
+        self,
+        run: Run,
+        outcome: Outcome,
+        started_at: float,
+        *,
+        result: Any = None,
+        error: BaseException | None = None,
+    ) -> None:
+        del self.running[run.run_id]
+        self.finished[outcome] += 1
+        peer = run.tracked_by
+        if peer is not None:
+            run.tracked_by = None
+            assert run.fence is not None
+            try:
+                peer.run_ended(run.fence)
+            except Exception:
+                _log.exception("peer %r raised in run_ended(); the run ends anyway", peer)
+        run.finished = event = Finished(
+            job=self.name,
+            run_id=run.run_id,
+            outcome=outcome,
+            duration=trio.current_time() - started_at,
+            result=result,
+            error=error,
+            cancel_reason=run.cancel_reason if outcome is Outcome.CANCELLED else None,
+        )
+        try:
+            emit(event, self.keys)
+        finally:
+            run.done.set()
+            if run.on_done is not None:
+                run.on_done()
+
+    # -- leadership -----------------------------------------------------------------------
+
+    async def _watch_leadership(self, peer: Peer, scope: trio.CancelScope) -> None:
+        """Cancel the runs started under a fence the peer no longer holds, and move the
+        deadline of the others with each renewal of the lease."""
+        with scope:
+            while True:
+                await peer.wait_lease_change()
+                # Ask the peer only about runs that hold a fence: once those are over
+                # (a lease peer drains them before it stops), a peer that is stopping
+                # is not asked about a leadership nobody depends on.
+                fenced = [r for r in self.running.values() if r.fence is not None]
+                if not fenced or scope.cancel_called:
+                    continue
+                current = peer.fence if peer.is_leader() else None
+                for run in fenced:
+                    if run.fence != current:
+                        run.cancel(CancelReason.LEADERSHIP_LOST)
+                    elif run.started:
+                        run.set_deadlines(lease_at=peer.lease_deadline())
+
+
+@attrs.frozen
+class _Coroutine:
+    coroutine: Coroutine[Any, Any, Any]

@@ -1,34 +1,33 @@
-"""The scheduler: :class:`Periodic` and its ``serve`` loop."""
+"""The scheduler: :class:`Periodic`, its options, ``serve``, its clocks and its tick.
+
+A served job does not sleep in a task of its own: it arms an alarm of the run's one
+timer (:mod:`periodic._timer`) with its next due time, and the tick happens in the timer's
+callback. A tick that decides synchronously (no awaitable guard, no stop_previous wait)
+starts its run right there; one that must wait is handed to the ``serve`` task, which
+otherwise stays parked and owns the job's runs.
+"""
 
 from __future__ import annotations
 
+import contextvars
 import datetime
+import functools
 import inspect
-import math
 import types
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
 from . import _options
-from ._cron import CronSchedule, parse_schedule
-from ._events import (
-    CancelReason,
-    Finished,
-    Outcome,
-    Skipped,
-    SkipReason,
-    Started,
-    StoppedPrevious,
-    emit,
-)
+from ._cron import UTC, CronSchedule, latest_fire, parse_schedule, utc_now
+from ._events import EventSource, Skipped, SkipReason, emit
 from ._options import DelayMode, Mode, Overlap
-from ._runinfo import RunInfo, _current
-from ._runs import Statistics, _Run, _State
+from ._runs import Run, Runs, Statistics
+from ._timer import Alarm
 from .exceptions import NotInManualMode
-from .peers._base import Peer, PeerBase
+from .peers._base import Peer
 
 # A cron job re-reads the wall clock at least this often (seconds) while it waits, to
 # notice a clock that jumped.
@@ -36,20 +35,45 @@ _WALL_RECHECK = 30.0
 # Counting missed fire times stops here, so a long suspend of a per-second schedule
 # does not cost a long loop.
 _MAX_MISSED_COUNT = 10_000
-# Worker threads a job's sync runs may hold at once (Trio's own default is 40, shared).
-_THREADS_PER_JOB = 40
+# What a tick returns once it has decided; anything else is the rest of the tick.
+_DECIDED = (Run, Skipped, type(None))
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    _Outcome: TypeAlias = Run | Skipped | None
+    # A tick that has to wait: what is left of it, for the serve task to await.
+    _Rest: TypeAlias = Coroutine[Any, Any, _Outcome]
+    # A missed-tick rule re-applied after a stop_previous wait: the tick's new due time.
+    _CatchUp: TypeAlias = Callable[[], tuple[float, datetime.datetime | None]]
 
 
-_UTC = datetime.timezone.utc
+@attrs.define(eq=False)
+class _State:
+    """What a scheduler keeps between ticks; the runs are in :class:`Runs`."""
 
-
-def _utc_now() -> datetime.datetime:
-    return datetime.datetime.now(_UTC)
+    serving: bool = False
+    # Auto mode, armed, and not shutting down.
+    ticking: bool = False
+    tick_lock: trio.Lock | None = None
+    skipped: dict[SkipReason, int] = attrs.field(factory=lambda: dict.fromkeys(SkipReason, 0))
+    next_tick_at: float | None = None
+    alarm: Alarm | None = None
+    # The interval clock: tick k is due at base + k * every (regular mode).
+    base: float = 0.0
+    k: int = 0
+    due: float = 0.0
+    # The cron clock: the next fire time, in UTC.
+    fire: datetime.datetime | None = None
+    # The parked serve task: woken to await the rest of a tick, or to raise a crash.
+    wake: trio.Event | None = None
+    rest: _Rest | None = None
+    crash: BaseException | None = None
 
 
 @attrs.frozen(kw_only=True, eq=False, repr=False)
-class Periodic:
-    """A job run every ``every`` seconds, each run in a task of its own.
+class Periodic(EventSource):
+    """A job run on a schedule, each run in a task of its own.
 
     Make one with keyword options, then serve it in a nursery::
 
@@ -57,16 +81,24 @@ class Periodic:
         async with trio.open_nursery() as nursery:
             await nursery.start(job.serve)
 
-    Options (see the *Options* page of the docs for every detail):
+    Give exactly one schedule: ``every`` or ``cron``. Options (see the *Options* page of
+    the docs for every detail):
 
     Args:
         run: The job: a zero-argument async function (awaited) or sync function (run in
             a worker thread).
-        every: Seconds (``int``/``float``) or a ``timedelta`` between ticks; > 0, finite.
-        initial_delay: Time from the start of ``serve`` to the first tick; >= 0. Default:
-            ``every``.
-        delay_mode: ``"regular"`` (fixed rate, the default) or ``"shifted"`` (fixed pause
-            after each run).
+        every: The interval between ticks: seconds (``int``/``float``, > 0, finite), a
+            ``timedelta``, or a duration string such as ``"90s"``, ``"1h30m"``, ``"250ms"``
+            (units ``d h m s ms``, largest first).
+        cron: A crontab spec read on the wall clock of ``tz``: 5 fields
+            (``"0 2 * * *"``), 6 with seconds first, a macro (``"@daily"``, ``"@hourly"``,
+            …) or ``"@every 1h30m"``. Needs the ``cron`` extra (``cronsim``).
+        tz: For ``cron``: an IANA zone name (``"Europe/Berlin"``) or a ``tzinfo``;
+            default UTC. DST gaps fire once at the jump, repeated hours once.
+        initial_delay: Interval jobs: time from the start of ``serve`` to the first
+            tick; >= 0. Default: ``every``.
+        delay_mode: Interval jobs: ``"regular"`` (fixed rate, the default) or
+            ``"shifted"`` (fixed pause after each run).
         when: A guard called (and awaited if it returns an awaitable) at each tick; a
             false result skips the tick.
         on_overlap: ``"run"`` (default), ``"ignore"`` or ``"stop_previous"``.
@@ -83,12 +115,16 @@ class Periodic:
         cancel_on_leadership_loss: With a ``peer``, cancel the runs started under a
             leadership once it is lost (default ``True``); ``False`` lets them finish,
             for jobs that fence their own writes.
+        wall_clock: For ``cron``: a zero-argument function returning the wall time as an
+            aware ``datetime``, read instead of the system clock (for tests).
 
     Raises:
         TypeError: An option has the wrong type, ``run`` is missing, is a coroutine
-            object or needs arguments, or an unknown keyword was given.
-        ValueError: An option has a value out of range (each message names the option
-            and what it accepts).
+            object or needs arguments, no schedule was given, or an unknown keyword was
+            given.
+        ValueError: An option has a value out of range, or options that exclude each
+            other were given together (each message names the option and what it
+            accepts).
     """
 
     run: Callable[[], Any] = attrs.field(converter=_options.check_run)
@@ -111,14 +147,14 @@ class Periodic:
         default=None, converter=_options.check_wall_clock
     )
 
-    _is_async: bool = attrs.field(init=False)
     _state: _State = attrs.field(init=False, factory=_State)
+    _runs: Runs = attrs.field(init=False)
     # The schedule, resolved from every/cron/tz: an interval, or a cron schedule.
     _interval: float | None = attrs.field(init=False, default=None)
     _first_delay: float = attrs.field(init=False, default=0.0)
-    # The job this one is a copy of (periodic.testing.manual), for event filters.
-    _origin: Periodic | None = attrs.field(init=False, default=None)
     _schedule: CronSchedule | None = attrs.field(init=False, default=None)
+    # The job this one is a copy of (see copy_job), for event filters.
+    _origin: Periodic | None = attrs.field(init=False, default=None)
 
     @initial_delay.default
     def _initial_delay_default(self) -> float | None:
@@ -167,9 +203,18 @@ class Periodic:
     def _name_default(self) -> str:
         return _options.default_name(self.run)
 
-    @_is_async.default
-    def _is_async_default(self) -> bool:
-        return _options.is_async_callable(self.run)
+    @_runs.default
+    def _runs_default(self) -> Runs:
+        return Runs(
+            name=self.name,
+            fn=self.run,
+            is_async=_options.is_async_callable(self.run),
+            timeout=self.timeout,
+            job_shutdown=self.job_shutdown,
+            peer=self.peer,
+            cancel_on_leadership_loss=self.cancel_on_leadership_loss,
+            keys=(self,),
+        )
 
     def __repr__(self) -> str:
         if self.cron is not None:
@@ -180,6 +225,11 @@ class Periodic:
         return f"Periodic(name={self.name!r}, {when}, mode={self.mode.value!r})"
 
     # -- public API -------------------------------------------------------------------
+
+    @property
+    def serving(self) -> bool:
+        """Whether ``serve`` is running (from its start until it has returned)."""
+        return self._state.serving
 
     async def serve(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -194,6 +244,10 @@ class Periodic:
 
         Raises:
             RuntimeError: This ``Periodic`` is already being served.
+            TypeError: ``wall_clock`` returned something else than an aware datetime.
+            BaseException: Whatever the ``when`` guard, the peer's ``is_leader()`` or an
+                event handler raised that is not an :class:`Exception` (a guard's
+                ``Exception`` only skips the tick).
         """
         state = self._state
         if state.serving:
@@ -206,144 +260,254 @@ class Periodic:
         state.serving = True
         try:
             async with trio.open_nursery() as nursery:
-                state.nursery = nursery
-                state.tick_lock = trio.Lock() if self.mode is Mode.MANUAL else None
-                state.accepting = True
-                watch = None
-                if self.peer is not None and self.cancel_on_leadership_loss:
-                    # Shielded like the runs, so leadership loss still stops runs during
-                    # the shutdown grace; cancelled once every run is over.
-                    watch = trio.CancelScope(shield=True)
-                    nursery.start_soon(self._watch_leadership, self.peer, watch)
+                self._runs.open(nursery)
                 try:
                     # Arm, report started, and let go of task_status: holding it for the
                     # scheduler's life would keep nursery.start's machinery alive.
                     if self.mode is Mode.MANUAL:
+                        state.tick_lock = trio.Lock()
                         task_status.started()
                         del task_status
                         await trio.sleep_forever()
-                    elif self._schedule is not None:
-                        fire = self._first_fire(self._schedule)
-                        task_status.started()
-                        del task_status
-                        await self._cron_loop(self._schedule, fire)
                     else:
-                        base = trio.current_time() + self._first_delay
-                        state.next_tick_at = base
+                        self._arm_first()
                         task_status.started()
                         del task_status
-                        await self._clock_loop(base)
+                        await self._park()
                 finally:
-                    state.accepting = False
-                    state.next_tick_at = None
-                    await self._shutdown_runs()
-                    if watch is not None:
-                        watch.cancel()
+                    self._stop_ticking()
+                    await self._runs.shutdown()
         finally:
             state.serving = False
-            state.nursery = None
             state.tick_lock = None
 
     def statistics(self) -> Statistics:
         """Return a frozen snapshot of this scheduler's counters."""
-        state = self._state
+        runs = self._runs
         return Statistics(
-            runs_started=state.runs_started,
-            running=len(state.running),
-            finished=types.MappingProxyType({str(k): v for k, v in state.finished.items()}),
-            skipped=types.MappingProxyType({str(k): v for k, v in state.skipped.items()}),
-            next_tick_at=state.next_tick_at,
+            runs_started=runs.runs_started,
+            running=len(runs.running),
+            finished=types.MappingProxyType({str(k): v for k, v in runs.finished.items()}),
+            skipped=types.MappingProxyType({str(k): v for k, v in self._state.skipped.items()}),
+            next_tick_at=self._state.next_tick_at,
         )
 
-    # -- the clock --------------------------------------------------------------------
+    # -- serving ------------------------------------------------------------------------
 
-    async def _clock_loop(self, base: float) -> None:
-        """Tick every ``every`` seconds from ``base``, on the grid or shifted."""
+    def _arm_first(self) -> None:
         state = self._state
-        every = self._interval
-        assert every is not None
-        regular = self.delay_mode is not DelayMode.SHIFTED
-        # Nothing to decide at a tick: spawn at once, without the tick coroutine.
-        plain = self.when is None and self.peer is None and self.on_overlap is Overlap.RUN
-        # Regular ticks sit on a grid base + k * every: computing each from k (rather than
-        # adding every to the last one) keeps float error from accumulating into drift.
-        k = 0
-        due = base
+        # Ticks run in the timer's task: give them serve's context, as the runs they
+        # start would have had with a scheduler task of their own.
+        context = contextvars.copy_context()
+        state.fire = None
+        if self._schedule is not None:
+            due_now = self._cron_due_now
+            state.fire = self._first_fire(self._schedule)
+        elif self.delay_mode is DelayMode.SHIFTED:
+            due_now = self._shifted_due_now
+        else:
+            due_now = self._regular_due_now
+        state.alarm = Alarm(functools.partial(context.run, due_now), self._crashed)
+        state.ticking = True
+        now = trio.current_time()
+        if state.fire is not None:
+            wait = (state.fire - self._wall_now()).total_seconds()
+            if wait > 0:
+                state.next_tick_at = now + wait
+            state.alarm.arm(now + min(max(wait, 0.0), _WALL_RECHECK))
+        else:
+            state.k = 0
+            state.base = state.due = state.next_tick_at = now + self._first_delay
+            state.alarm.arm(state.due)
 
-        def catch_up() -> tuple[float, datetime.datetime | None]:
-            # Coalesce the ticks this one is late for into one "missed" event; the tick
-            # then stands in for the latest one due.
-            nonlocal k, due
-            late = trio.current_time() - due
-            if late >= every:
-                missed = int(late // every)
-                self._skip(SkipReason.MISSED, due, count=missed)
-                k += missed
-                due = base + k * every
-            return due, None
-
+    async def _park(self) -> None:
+        """Stay parked while the timer ticks; await what a tick hands over; raise what
+        crashed a tick."""
+        state = self._state
         while True:
-            await trio.sleep_until(due)
-            if regular:
-                catch_up()  # (a late wake-up: the missed-tick rule)
-                if plain:
-                    self._spawn(due, None, None)
-                else:
-                    await self._tick(due, catch_up=catch_up)
-                k += 1
-                due = base + k * every
-            else:
-                state.next_tick_at = None
-                run = await self._tick(due)
-                if isinstance(run, _Run):
-                    await run.done.wait()
-                due = trio.current_time() + every
-            state.next_tick_at = due
+            state.wake = wake = trio.Event()
+            await wake.wait()
+            crash, state.crash = state.crash, None
+            if crash is not None:
+                raise crash
+            rest, state.rest = state.rest, None
+            if rest is not None:
+                await rest
+
+    def _hand_over(self, rest: _Rest) -> None:
+        state = self._state
+        assert state.wake is not None
+        state.rest = rest
+        state.wake.set()
+
+    def _crashed(self, exc: BaseException) -> None:
+        # What a tick raised (a guard's BaseException, a broken wall clock, a bug)
+        # comes out of serve, as if serve had ticked in its own task.
+        state = self._state
+        assert state.wake is not None
+        state.crash = exc
+        state.wake.set()
+
+    def _stop_ticking(self) -> None:
+        state = self._state
+        state.ticking = False
+        state.next_tick_at = None
+        if state.alarm is not None:
+            state.alarm.disarm()
+            state.alarm = None
+        if state.rest is not None:  # handed over, but serve was cancelled first
+            state.rest.close()
+            state.rest = None
+        state.wake = None
+
+    # -- the interval clock ------------------------------------------------------------
+
+    def _regular_due_now(self) -> None:
+        due, _ = self._catch_up_regular()  # (a late wake-up: the missed-tick rule)
+        if self._plain:
+            self._runs.spawn(due, None, None)
+        else:
+            outcome = self._tick_start(due, self._catch_up_regular, None)
+            if not isinstance(outcome, _DECIDED):
+                self._hand_over(self._regular_rest(outcome))
+                return
+        self._next_regular()
+
+    async def _regular_rest(self, rest: _Rest) -> _Outcome:
+        outcome = await rest
+        self._next_regular()
+        return outcome
+
+    def _next_regular(self) -> None:
+        state = self._state
+        # Regular ticks sit on a grid base + k * every: computing each from k (rather
+        # than adding every to the last one) keeps float error from accumulating into
+        # drift.
+        state.k += 1
+        state.due = state.next_tick_at = due = state.base + state.k * self._every
+        assert state.alarm is not None
+        state.alarm.arm(due)
+
+    def _catch_up_regular(self) -> tuple[float, datetime.datetime | None]:
+        # Coalesce the ticks this one is late for into one "missed" event; the tick
+        # then stands in for the latest one due.
+        state = self._state
+        every = self._every
+        late = trio.current_time() - state.due
+        if late >= every:
+            missed = int(late // every)
+            self._skip(SkipReason.MISSED, state.due, count=missed)
+            state.k += missed
+            state.due = state.base + state.k * every
+        return state.due, None
+
+    def _shifted_due_now(self) -> None:
+        self._state.next_tick_at = None
+        outcome = self._tick_start(self._state.due, None, None)
+        if not isinstance(outcome, _DECIDED):
+            self._hand_over(self._shifted_rest(outcome))
+        else:
+            self._after_shifted(outcome)
+
+    async def _shifted_rest(self, rest: _Rest) -> _Outcome:
+        outcome = await rest
+        self._after_shifted(outcome)
+        return outcome
+
+    def _after_shifted(self, outcome: _Outcome) -> None:
+        # The pause counts from the end of the run.
+        if isinstance(outcome, Run):
+            outcome.on_done = self._next_shifted
+        else:
+            self._next_shifted()
+
+    def _next_shifted(self) -> None:
+        state = self._state
+        if not state.ticking:
+            return
+        state.due = state.next_tick_at = due = trio.current_time() + self._every
+        assert state.alarm is not None
+        state.alarm.arm(due)
+
+    @property
+    def _is_async(self) -> bool:
+        return self._runs.is_async
+
+    @property
+    def _every(self) -> float:
+        assert self._interval is not None
+        return self._interval
+
+    @property
+    def _plain(self) -> bool:
+        # Nothing to decide at a tick: spawn at once.
+        return self.when is None and self.peer is None and self.on_overlap is Overlap.RUN
+
+    # -- the cron clock ----------------------------------------------------------------
 
     def _wall_now(self) -> datetime.datetime:
         """The wall clock, in UTC: comparisons between zones are unreliable around DST."""
-        now = (self.wall_clock or _utc_now)()
+        now = (self.wall_clock or utc_now)()
         if not isinstance(now, datetime.datetime) or now.utcoffset() is None:
             raise TypeError(f"wall_clock must return an aware datetime, got {now!r}")
-        return now.astimezone(_UTC)
+        return now.astimezone(UTC)
 
     def _first_fire(self, schedule: CronSchedule) -> datetime.datetime:
         wall = self._wall_now()
-        fire = schedule.next_after(wall).astimezone(_UTC)
+        fire = schedule.next_after(wall).astimezone(UTC)
         self._state.next_tick_at = trio.current_time() + (fire - wall).total_seconds()
         return fire
 
-    async def _cron_loop(self, schedule: CronSchedule, fire: datetime.datetime) -> None:
+    def _cron_due_now(self) -> None:
         """Tick at the schedule's wall-clock fire times.
 
-        The wait is on Trio's clock, but the wall clock is read again after every wake-up
+        The wait is on Trio's clock, but the wall clock is read again at every wake-up
         (at least every ``_WALL_RECHECK`` seconds): when it jumped, the wait is
         recomputed, so a run never fires early, and as the next fire time always follows
         the last one fired, a jump backwards never repeats a run.
         """
         state = self._state
-        while True:
-            while True:
-                wall = self._wall_now()
-                wait = (fire - wall).total_seconds()
-                if wait <= 0:
-                    break
-                state.next_tick_at = trio.current_time() + wait
-                await trio.sleep(min(wait, _WALL_RECHECK))
-            fire = self._cron_catch_up(schedule, fire)
+        schedule = self._schedule
+        assert schedule is not None
+        assert state.fire is not None
+        assert state.alarm is not None
+        wait = (state.fire - self._wall_now()).total_seconds()
+        if wait > 0:
+            now = trio.current_time()
+            state.next_tick_at = now + wait
+            state.alarm.arm(now + min(wait, _WALL_RECHECK))
+            return
+        state.fire = self._cron_catch_up(schedule, state.fire)
+        outcome = self._tick_start(
+            self._cron_due(state.fire),
+            self._catch_up_cron if self.on_overlap is Overlap.STOP_PREVIOUS else None,
+            state.fire.astimezone(schedule.tz),
+        )
+        if not isinstance(outcome, _DECIDED):
+            self._hand_over(self._cron_rest(outcome))
+        else:
+            self._next_cron()
 
-            def catch_up() -> tuple[float, datetime.datetime | None]:
-                # After a stop_previous wait: fire times passed meanwhile are missed too.
-                nonlocal fire
-                fire = self._cron_catch_up(schedule, fire)
-                return self._cron_due(fire), fire.astimezone(schedule.tz)
+    async def _cron_rest(self, rest: _Rest) -> _Outcome:
+        outcome = await rest
+        self._next_cron()
+        return outcome
 
-            await self._tick(
-                self._cron_due(fire),
-                fire_time=fire.astimezone(schedule.tz),
-                catch_up=catch_up if self.on_overlap is Overlap.STOP_PREVIOUS else None,
-            )
-            fire = schedule.next_after(fire).astimezone(_UTC)
+    def _next_cron(self) -> None:
+        state = self._state
+        assert self._schedule is not None
+        assert state.fire is not None
+        assert state.alarm is not None
+        state.fire = self._schedule.next_after(state.fire).astimezone(UTC)
+        state.alarm.arm(trio.current_time())  # its wait is computed when it comes due
+
+    def _catch_up_cron(self) -> tuple[float, datetime.datetime | None]:
+        # After a stop_previous wait: fire times passed meanwhile are missed too.
+        state = self._state
+        assert self._schedule is not None
+        assert state.fire is not None
+        state.fire = self._cron_catch_up(self._schedule, state.fire)
+        return self._cron_due(state.fire), state.fire.astimezone(self._schedule.tz)
 
     def _cron_due(self, fire: datetime.datetime) -> float:
         """When ``fire`` (a wall-clock time now past) was due, on Trio's clock."""
@@ -361,102 +525,115 @@ class Periodic:
         first = fire
         missed = 0
         while True:
-            later = schedule.next_after(fire).astimezone(_UTC)
+            later = schedule.next_after(fire).astimezone(UTC)
             if later > wall:
                 break
             missed += 1
             fire = later
             if missed == _MAX_MISSED_COUNT:
-                fire = _latest_fire(schedule, fire, wall)
+                fire = latest_fire(schedule, fire, wall)
                 break
         if missed:
             late = (wall - first).total_seconds()
             self._skip(SkipReason.MISSED, trio.current_time() - late, count=missed)
         return fire
 
-    async def _manual_tick(self) -> _Run | Skipped:
-        """One tick due now, for :mod:`periodic.testing`.
+    # -- the tick ----------------------------------------------------------------------
 
-        Raises:
-            NotInManualMode: The scheduler ticks by itself.
-            RuntimeError: The scheduler is not being served (or is shutting down).
-        """
-        if self.mode is not Mode.MANUAL:
-            raise NotInManualMode(
-                f"{self!r} is in auto mode; only a Periodic made with mode='manual' can be "
-                "ticked by hand (periodic.testing.manual(job) makes a manual copy)"
-            )
-        state = self._state
-        lock = state.tick_lock
-        if not state.accepting or lock is None:
-            raise RuntimeError(
-                f"{self!r} is not being served: start it first, "
-                "e.g. await nursery.start(job.serve)"
-            )
-        schedule = self._schedule
-        fire_time = None if schedule is None else self._wall_now().astimezone(schedule.tz)
-        async with lock:
-            outcome = await self._tick(trio.current_time(), fire_time=fire_time)
-        if outcome is None:
-            raise RuntimeError(f"{self!r} stopped being served during the tick")
-        return outcome
-
-    async def _tick(
+    def _tick_start(
         self,
         scheduled_at: float,
-        *,
-        catch_up: Callable[[], tuple[float, datetime.datetime | None]] | None = None,
-        fire_time: datetime.datetime | None = None,
-    ) -> _Run | Skipped | None:
+        catch_up: _CatchUp | None,
+        fire_time: datetime.datetime | None,
+    ) -> _Outcome | _Rest:
         """Apply the guards in order; start a run unless one of them says no.
 
-        Returns the run, the Skipped event when no run started, or ``None`` when serve is
-        shutting down. ``catch_up`` re-applies the missed-tick rule after a stop_previous
-        wait and returns the tick's new due time.
+        Returns the run, the Skipped event when no run started, ``None`` when serve is
+        shutting down, or — when a guard must be awaited — the rest of the tick, a
+        coroutine that returns one of those. ``catch_up`` re-applies the missed-tick rule
+        after a stop_previous wait and returns the tick's new due time.
         """
-        if self.when is not None:
+        when = self.when
+        if when is not None:
             try:
-                verdict = self.when()
+                verdict = when()
                 if inspect.isawaitable(verdict):
-                    verdict = await verdict
+                    return self._tick_awaiting_guard(verdict, scheduled_at, catch_up, fire_time)
                 go = bool(verdict)
             except Exception as exc:
                 return self._skip(SkipReason.GUARD_ERROR, scheduled_at, error=exc)
             if not go:
                 return self._skip(SkipReason.GUARD, scheduled_at)
-        fence = None
+        return self._tick_guarded(scheduled_at, catch_up, fire_time)
+
+    async def _tick_awaiting_guard(
+        self,
+        verdict: Any,
+        scheduled_at: float,
+        catch_up: _CatchUp | None,
+        fire_time: datetime.datetime | None,
+    ) -> _Outcome:
+        try:
+            go = bool(await verdict)
+        except Exception as exc:
+            return self._skip(SkipReason.GUARD_ERROR, scheduled_at, error=exc)
+        if not go:
+            return self._skip(SkipReason.GUARD, scheduled_at)
+        outcome = self._tick_guarded(scheduled_at, catch_up, fire_time)
+        if not isinstance(outcome, _DECIDED):
+            return await outcome
+        return outcome
+
+    def _tick_guarded(
+        self,
+        scheduled_at: float,
+        catch_up: _CatchUp | None,
+        fire_time: datetime.datetime | None,
+    ) -> _Outcome | _Rest:
+        """The leader and overlap guards, then the run."""
         peer = self.peer
-        if peer is not None:
-            if not peer.is_leader():
-                return self._skip(SkipReason.NOT_LEADER, scheduled_at)
-            fence = peer.fence
-        running = self._state.running
+        if peer is not None and not peer.is_leader():
+            return self._skip(SkipReason.NOT_LEADER, scheduled_at)
+        running = self._runs.running
         if running:
             if self.on_overlap is Overlap.IGNORE:
                 return self._skip(SkipReason.OVERLAP, scheduled_at)
             if self.on_overlap is Overlap.STOP_PREVIOUS:
-                await self._stop_previous(list(running.values()))
-                if catch_up is not None:
-                    # The wait may have outlasted a period: don't start a run for a tick
-                    # that the next one would stop at once.
-                    scheduled_at, fire_time = catch_up()
+                return self._tick_stopping(
+                    list(running.values()), scheduled_at, catch_up, fire_time
+                )
+        return self._runs.spawn(scheduled_at, None if peer is None else peer.fence, fire_time)
+
+    async def _tick_stopping(
+        self,
+        runs: list[Run],
+        scheduled_at: float,
+        catch_up: _CatchUp | None,
+        fire_time: datetime.datetime | None,
+    ) -> _Outcome:
+        self._runs.stop(runs)
+        for run in runs:
+            await run.done.wait()
+        if catch_up is not None:
+            # The wait may have outlasted a period: don't start a run for a tick that
+            # the next one would stop at once.
+            scheduled_at, fire_time = catch_up()
+        peer = self.peer
         if peer is not None and not peer.is_leader():
             # Leadership was lost while the previous runs unwound.
             return self._skip(SkipReason.NOT_LEADER, scheduled_at)
-        return self._spawn(scheduled_at, fence if peer is None else peer.fence, fire_time)
+        return self._runs.spawn(scheduled_at, None if peer is None else peer.fence, fire_time)
 
-    async def _stop_previous(self, runs: list[_Run]) -> None:
-        for run in runs:
-            timed_out = run.scope.cancel_called  # its timeout fired: nothing to stop
-            run.cancel(CancelReason.STOP_PREVIOUS)
-            if timed_out:
-                continue
-            if run.started:
-                emit(StoppedPrevious(job=self.name, run_id=run.run_id), self)
-            else:
-                run.stop_pending = True
-        for run in runs:
-            await run.done.wait()
+    async def _tick(
+        self,
+        scheduled_at: float,
+        catch_up: _CatchUp | None,
+        fire_time: datetime.datetime | None,
+    ) -> _Outcome:
+        outcome = self._tick_start(scheduled_at, catch_up, fire_time)
+        if not isinstance(outcome, _DECIDED):
+            return await outcome
+        return outcome
 
     def _skip(
         self,
@@ -470,206 +647,60 @@ class Periodic:
         event = Skipped(
             job=self.name, reason=reason, scheduled_at=scheduled_at, count=count, error=error
         )
-        emit(event, self)
+        emit(event, self._runs.keys)
         return event
 
-    # -- runs -------------------------------------------------------------------------
 
-    def _spawn(
-        self, scheduled_at: float, fence: int | None, fire_time: datetime.datetime | None
-    ) -> _Run | None:
-        state = self._state
-        if not state.accepting or state.nursery is None:
-            return None
-        run = _Run(
-            state.next_run_id, scheduled_at, fence, fire_time, trio.CancelScope(shield=True)
+# -- the toolkit's hooks (periodic.testing) -------------------------------------------------
+
+
+def copy_job(job: Periodic, **changes: Any) -> Periodic:
+    """A copy of ``job`` with options changed; event filters made with ``job`` (or with
+    the job it is itself a copy of) see the copy's events too.
+
+    Raises:
+        TypeError, ValueError: A changed option is invalid.
+    """
+    copy = attrs.evolve(job, **changes)
+    origin = job._origin or job
+    object.__setattr__(copy, "_origin", origin)
+    copy._runs.keys = (copy, origin)
+    return copy
+
+
+async def manual_tick(job: Periodic) -> Run | Skipped:
+    """One tick of a manual-mode ``job``, due now; the run it started, or why not.
+
+    Raises:
+        NotInManualMode: The scheduler ticks by itself.
+        RuntimeError: The scheduler is not being served (or is shutting down).
+    """
+    if job.mode is not Mode.MANUAL:
+        raise NotInManualMode(
+            f"{job!r} is in auto mode; only a Periodic made with mode='manual' can be "
+            "ticked by hand (periodic.testing.manual(job) makes a manual copy)"
         )
-        state.next_run_id += 1
-        state.runs_started += 1
-        state.running[run.run_id] = run
-        state.nursery.start_soon(
-            self._run_task, run, name=f"periodic {self.name} run {run.run_id}"
+    lock = job._state.tick_lock
+    if lock is None or not job._runs.accepting:
+        raise RuntimeError(
+            f"{job!r} is not being served: start it first, e.g. await nursery.start(job.serve)"
         )
-        return run
-
-    async def _run_task(self, run: _Run) -> None:
-        started_at = trio.current_time()
-        try:
-            try:
-                self._begin_run(run, started_at)
-            except Exception as exc:  # a peer's lease_deadline() that raised, say
-                self._finish(run, Outcome.ERROR, started_at, error=exc)
-                return
-            outcome, result, error = await self._execute(run)
-        except BaseException as exc:
-            # KeyboardInterrupt, or a test's failure raised from an event handler:
-            # report the run (once), then let it through.
-            if run.finished is None:
-                self._finish(run, Outcome.CANCELLED, started_at, error=exc)
-            raise
-        self._finish(run, outcome, started_at, result=result, error=error)
-
-    def _begin_run(self, run: _Run, started_at: float) -> None:
-        _current.set(
-            RunInfo(
-                job=self.name,
-                run_id=run.run_id,
-                scheduled_at=run.scheduled_at,
-                started_at=started_at,
-                fence=run.fence,
-                fire_time=run.fire_time,
-            )
-        )
-        run.started = True
-        emit(
-            Started(
-                job=self.name,
-                run_id=run.run_id,
-                scheduled_at=run.scheduled_at,
-                started_at=started_at,
-                fence=run.fence,
-                fire_time=run.fire_time,
-            ),
-            self,
-        )
-        peer = self.peer
-        if run.fence is not None and isinstance(peer, PeerBase):
-            # The peer hands its lease over only once such runs are over.
-            run.tracked_by = peer
-            peer._run_began()
-        if run.stop_pending:
-            emit(StoppedPrevious(job=self.name, run_id=run.run_id), self)
-        run.set_deadlines(
-            timeout_at=started_at + self.timeout,
-            lease_at=(
-                peer.lease_deadline()
-                if peer is not None and self.cancel_on_leadership_loss and run.fence is not None
-                else math.inf
-            ),
-        )
-
-    async def _execute(self, run: _Run) -> tuple[Outcome, Any, BaseException | None]:
-        """Run the job in the run's scope; how it ended, its result and its error."""
-        scope = run.scope
-        result: Any = None
-        error: BaseException | None = None
-        try:
-            with scope:
-                try:
-                    if self._is_async:
-                        result = await self.run()
-                    else:
-                        result = await trio.to_thread.run_sync(
-                            self._call_sync, limiter=self._thread_limiter()
-                        )
-                        if isinstance(result, _Coroutine):
-                            # A sync wrapper around an async job (run=lambda: job(x)).
-                            result = await result.coroutine
-                except Exception as exc:
-                    error = exc
-        except Exception as exc:
-            # What is left of an exception group once the scope removed its own
-            # Cancelled (a job's nursery cancelled by timeout or stop_previous).
-            error = exc
-        if scope.cancel_called:
-            if run.cancel_reason is None and run.lease_at < run.timeout_at:
-                run.cancel_reason = CancelReason.LEADERSHIP_LOST  # the lease ran out
-            outcome = Outcome.CANCELLED if run.cancel_reason is not None else Outcome.TIMEOUT
-            return outcome, None, error
-        if error is not None:
-            return Outcome.ERROR, None, error
-        return Outcome.OK, result, None
-
-    def _thread_limiter(self) -> trio.CapacityLimiter:
-        # A limiter of the job's own: its stuck threads (never abandoned) cannot starve
-        # the rest of the program of Trio's default worker threads.
-        limiter = self._state.thread_limiter
-        if limiter is None:
-            limiter = self._state.thread_limiter = trio.CapacityLimiter(_THREADS_PER_JOB)
-        return limiter
-
-    def _call_sync(self) -> Any:
-        result = self.run()
-        if inspect.iscoroutine(result):
-            # Trio refuses a coroutine from a thread: hand it back wrapped, to be awaited.
-            return _Coroutine(result)
-        return result
-
-    def _finish(
-        self,
-        run: _Run,
-        outcome: Outcome,
-        started_at: float,
-        *,
-        result: Any = None,
-        error: BaseException | None = None,
-    ) -> None:
-        state = self._state
-        del state.running[run.run_id]
-        state.finished[outcome] += 1
-        if run.tracked_by is not None:
-            run.tracked_by._run_ended()
-            run.tracked_by = None
-        run.finished = event = Finished(
-            job=self.name,
-            run_id=run.run_id,
-            outcome=outcome,
-            duration=trio.current_time() - started_at,
-            result=result,
-            error=error,
-            cancel_reason=run.cancel_reason if outcome is Outcome.CANCELLED else None,
-        )
-        try:
-            emit(event, self)
-        finally:
-            run.done.set()
-
-    async def _shutdown_runs(self) -> None:
-        """Give running instances ``job_shutdown`` seconds, cancel them, wait for them."""
-        running = self._state.running
-        if not running:
-            return
-        with trio.CancelScope(shield=True) as grace:
-            grace.deadline = trio.current_time() + self.job_shutdown
-            for run in list(running.values()):
-                await run.done.wait()
-        for run in list(running.values()):
-            run.cancel(CancelReason.SHUTDOWN)
-        with trio.CancelScope(shield=True):
-            for run in list(running.values()):
-                await run.done.wait()
-
-    async def _watch_leadership(self, peer: Peer, scope: trio.CancelScope) -> None:
-        """Cancel the runs started under a fence the peer no longer holds, and move the
-        deadline of the others with each renewal of the lease."""
-        with scope:
-            while True:
-                await peer.wait_lease_change()
-                current = peer.fence if peer.is_leader() else None
-                for run in list(self._state.running.values()):
-                    if run.fence is None:
-                        continue
-                    if run.fence != current:
-                        run.cancel(CancelReason.LEADERSHIP_LOST)
-                    elif run.started:
-                        run.set_deadlines(lease_at=peer.lease_deadline())
-
-
-def _latest_fire(
-    schedule: CronSchedule, fire: datetime.datetime, wall: datetime.datetime
-) -> datetime.datetime:
-    """The last fire time at or before ``wall``, given ``fire`` at or before it."""
-    low, high = fire, wall
-    while high - low > datetime.timedelta(milliseconds=1):
-        middle = low + (high - low) / 2
-        if schedule.next_after(middle).astimezone(_UTC) <= wall:
-            low = middle
+    await trio.lowlevel.checkpoint_if_cancelled()
+    schedule = job._schedule
+    fire_time = None if schedule is None else job._wall_now().astimezone(schedule.tz)
+    if lock.locked():  # another manual tick is waiting: take turns
+        async with lock:
+            outcome = await job._tick(trio.current_time(), None, fire_time)
+    else:
+        start = job._tick_start(trio.current_time(), None, fire_time)
+        if isinstance(start, _DECIDED):
+            outcome = start
         else:
-            high = middle
-    later = schedule.next_after(low).astimezone(_UTC)
-    return later if later <= wall else fire
-
-
-@attrs.frozen
-class _Coroutine:
-    coroutine: Coroutine[Any, Any, Any]
+            lock.acquire_nowait()
+            try:
+                outcome = await start
+            finally:
+                lock.release()
+    if outcome is None:
+        raise RuntimeError(f"{job!r} stopped being served during the tick")
+    return outcome

@@ -20,8 +20,8 @@ from ._events import (
     subscribe,
 )
 from ._options import Mode
-from ._runs import _Run
-from ._scheduler import Periodic
+from ._runs import Run
+from ._scheduler import Periodic, copy_job, manual_tick
 from .exceptions import JobNotStarted
 
 E = TypeVar("E", Started, Finished, Skipped, StoppedPrevious, LeadershipChanged)
@@ -49,10 +49,8 @@ def manual(job: Periodic, **changes: Any) -> Periodic:
     Raises:
         TypeError, ValueError: A changed option is invalid.
     """
-    copy = attrs.evolve(job, mode=Mode.MANUAL, **changes)
     # Event filters made with the original job see the copy's events too.
-    object.__setattr__(copy, "_origin", job._origin or job)
-    return copy
+    return copy_job(job, mode=Mode.MANUAL, **changes)
 
 
 async def tick(job: Periodic) -> int | None:
@@ -74,8 +72,9 @@ async def tick(job: Periodic) -> int | None:
         periodic.exceptions.NotInManualMode: ``job`` is in auto mode.
         RuntimeError: ``job`` is not being served.
     """
-    outcome = await job._manual_tick()
-    return outcome.run_id if isinstance(outcome, _Run) else None
+    outcome = await manual_tick(job)
+    await trio.lowlevel.cancel_shielded_checkpoint()
+    return outcome.run_id if isinstance(outcome, Run) else None
 
 
 async def sync_tick(job: Periodic, *, timeout: float = 5.0) -> Finished:  # noqa: ASYNC109
@@ -101,7 +100,7 @@ async def sync_tick(job: Periodic, *, timeout: float = 5.0) -> Finished:  # noqa
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     with trio.fail_after(timeout):
-        outcome = await job._manual_tick()
+        outcome = await manual_tick(job)
         if isinstance(outcome, Skipped):
             raise JobNotStarted(outcome)
         await outcome.done.wait()
@@ -318,7 +317,7 @@ async def serve_for(job: Periodic, seconds: float) -> CapturedEvents:
         raise TypeError(f"seconds must be a number >= 0, got {seconds!r}")
     if not 0 <= seconds < math.inf:
         raise ValueError(f"seconds must be a finite number >= 0, got {seconds!r}")
-    if job._state.serving:
+    if job.serving:
         # Checked here so the error is not wrapped in the nursery's exception group.
         raise RuntimeError(f"{job!r} is already being served")
     with capture_events(job) as captured:

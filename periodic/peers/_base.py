@@ -73,6 +73,23 @@ class Peer(abc.ABC):
         """
         return math.inf if self.is_leader() else -math.inf
 
+    def run_began(self, fence: int) -> None:  # noqa: B027 (a hook, empty by design)
+        """A scheduler started a run under this peer's leadership, holding ``fence``.
+
+        Called from the run's task as it begins, once per run that holds a fence; every
+        call is followed by one :meth:`run_ended` with the same fence when the run is
+        over. The default does nothing; :class:`PeerBase` counts these runs, so that a
+        lease peer can let them finish before it hands its lease over. Must not block;
+        should not raise (an exception fails the run).
+        """
+
+    def run_ended(self, fence: int) -> None:  # noqa: B027 (a hook, empty by design)
+        """A run announced by :meth:`run_began` is over (whatever its outcome).
+
+        The default does nothing. Must not block; should not raise (an exception is
+        logged and ignored).
+        """
+
     @abc.abstractmethod
     async def serve(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -113,6 +130,7 @@ class PeerBase(Peer):
         self._changed = trio.Event()
         self._lease_moved = trio.Event()
         self._served = False
+        self._ever_served = False
         self._warned_unserved = False
         # Runs started under this peer's leadership and not finished yet.
         self._in_flight = 0
@@ -136,7 +154,9 @@ class PeerBase(Peer):
 
     def is_leader(self) -> bool:
         if not self._served:
-            if not self._warned_unserved:
+            # Once served, a stopped peer is asked as its jobs shut down: that is no
+            # mistake of the application's, unlike a peer that was never started.
+            if not self._warned_unserved and not self._ever_served:
                 self._warned_unserved = True
                 _log.warning(
                     "peer %r (election %r) is asked for leadership but is not being served: "
@@ -187,8 +207,7 @@ class PeerBase(Peer):
                 fence=fence,
                 leader=self._node,
                 reason=reason,
-            ),
-            self,
+            )
         )
         self._changed_now()
 
@@ -208,19 +227,16 @@ class PeerBase(Peer):
                 fence=fence,
                 leader=leader,
                 reason=reason,
-            ),
-            self,
+            )
         )
         self._changed_now()
 
-    def _run_began(self) -> None:
-        """A scheduler started a run under this peer's leadership."""
+    def run_began(self, fence: int) -> None:
         self._in_flight += 1
         if self._idle.is_set():
             self._idle = trio.Event()
 
-    def _run_ended(self) -> None:
-        """A run that :meth:`_run_began` has finished."""
+    def run_ended(self, fence: int) -> None:
         self._in_flight -= 1
         if not self._in_flight:
             self._idle.set()
@@ -233,6 +249,7 @@ class PeerBase(Peer):
         if self._served:
             raise RuntimeError(f"{self!r} is already being served")
         self._served = True
+        self._ever_served = True
         self._warned_unserved = False
 
     def _end_serving(self, reason: str = "stopped") -> None:
