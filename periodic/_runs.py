@@ -251,14 +251,14 @@ class Runs:
             peer.run_began(run.fence)
         if run.stop_pending:
             emit(StoppedPrevious(job=self.name, run_id=run.run_id), self.keys)
-        run.set_deadlines(
-            timeout_at=started_at + self.timeout,
-            lease_at=(
-                peer.lease_deadline()
-                if peer is not None and self.cancel_on_leadership_loss and run.fence is not None
-                else math.inf
-            ),
+        lease_at = (
+            peer.lease_deadline()
+            if peer is not None and self.cancel_on_leadership_loss and run.fence is not None
+            else math.inf
         )
+        timeout_at = started_at + self.timeout
+        if timeout_at != math.inf or lease_at != math.inf:  # (a new scope has none)
+            run.set_deadlines(timeout_at=timeout_at, lease_at=lease_at)
 
     async def _execute(self, run: Run) -> tuple[Outcome, Any, BaseException | None]:
         """Run the job in the run's scope; how it ended, its result and its error."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 from collections.abc import Sequence
 from contextvars import Token
 
@@ -162,6 +163,28 @@ try:  # the API's stand-in until an SDK sets a meter provider (a private class)
 except ImportError:  # pragma: no cover - then we cannot tell, and always record
     _PROXY_METER_PROVIDER = None  # type: ignore[assignment,misc]
 
+# The API keeps the providers an SDK sets in these module globals (None until then). Read
+# directly, they tell "no SDK" in a fraction of the time get_*_provider() takes (which also
+# looks at the environment): the common case, on every event. Should a future API rename
+# them, the sentinel sends every call down the slow, public path.
+_MISSING = object()
+try:
+    from opentelemetry.metrics import _internal as _metrics_internal
+except ImportError:  # pragma: no cover
+    _metrics_internal = None  # type: ignore[assignment]
+# Providers named in the environment are loaded by the API at first use.
+_ENV_PROVIDERS = bool(
+    {"OTEL_PYTHON_TRACER_PROVIDER", "OTEL_PYTHON_METER_PROVIDER"} & set(os.environ)
+)
+
+
+def _api_has_no_provider() -> bool:
+    return (
+        not _ENV_PROVIDERS
+        and getattr(trace, "_TRACER_PROVIDER", _MISSING) is None
+        and getattr(_metrics_internal, "_METER_PROVIDER", _MISSING) is None
+    )
+
 _run_state: contextvars.ContextVar[_RunState | None] = contextvars.ContextVar(
     "periodic_telemetry_run", default=None
 )
@@ -188,6 +211,8 @@ class _TelemetrySubscriber:
         """Whether an SDK (or an injected provider) is there to receive anything."""
         if self._tracer_provider is not None or self._meter_provider is not None:
             return True
+        if _api_has_no_provider():
+            return False
         return not (
             isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
             and _PROXY_METER_PROVIDER is not None
