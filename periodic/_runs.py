@@ -67,7 +67,8 @@ class Run:
     fence: int | None
     fire_time: datetime.datetime | None
     scope: trio.CancelScope
-    done: trio.Event = attrs.field(factory=trio.Event)
+    # Made when first asked for: most runs are never waited for.
+    _done: trio.Event | None = None
     cancel_reason: CancelReason | None = None
     started: bool = False
     finished: Finished | None = None
@@ -82,6 +83,16 @@ class Run:
     stop_pending: bool = False
     # Called once the run is over (shifted mode arms the next tick from it).
     on_done: Callable[[], object] | None = None
+
+    @property
+    def done(self) -> trio.Event:
+        """Set once the run's :class:`Finished` has been emitted."""
+        done = self._done
+        if done is None:
+            done = self._done = trio.Event()
+            if self.finished is not None:
+                done.set()
+        return done
 
     def set_deadlines(
         self, *, timeout_at: float | None = None, lease_at: float | None = None
@@ -212,14 +223,43 @@ class Runs:
             except Exception as exc:  # a peer's lease_deadline() that raised, say
                 self._finish(run, Outcome.ERROR, started_at, error=exc)
                 return
-            outcome, result, error = await self._execute(run)
+            # The job runs in the run's scope (one coroutine layer: this is the hot path).
+            scope = run.scope
+            result: Any = None
+            error: BaseException | None = None
+            try:
+                with scope:
+                    try:
+                        if self.is_async:
+                            result = await self.fn()
+                        else:
+                            result = await trio.to_thread.run_sync(
+                                self._call_sync, limiter=self._limiter()
+                            )
+                            if isinstance(result, _Coroutine):
+                                # A sync wrapper around an async job (run=lambda: job(x)).
+                                result = await result.coroutine
+                    except Exception as exc:
+                        error = exc
+            except Exception as exc:
+                # What is left of an exception group once the scope removed its own
+                # Cancelled (a job's nursery cancelled by timeout or stop_previous).
+                error = exc
         except BaseException as exc:
             # KeyboardInterrupt, or a test's failure raised from an event handler:
             # report the run (once), then let it through.
             if run.finished is None:
                 self._finish(run, Outcome.CANCELLED, started_at, error=exc)
             raise
-        self._finish(run, outcome, started_at, result=result, error=error)
+        if scope.cancel_called:
+            if run.cancel_reason is None and run.lease_at < run.timeout_at:
+                run.cancel_reason = CancelReason.LEADERSHIP_LOST  # the lease ran out
+            outcome = Outcome.CANCELLED if run.cancel_reason is not None else Outcome.TIMEOUT
+            self._finish(run, outcome, started_at, error=error)
+        elif error is not None:
+            self._finish(run, Outcome.ERROR, started_at, error=error)
+        else:
+            self._finish(run, Outcome.OK, started_at, result=result)
 
     def _begin(self, run: Run, started_at: float) -> None:
         _current.set(
@@ -259,38 +299,6 @@ class Runs:
         timeout_at = started_at + self.timeout
         if timeout_at != math.inf or lease_at != math.inf:  # (a new scope has none)
             run.set_deadlines(timeout_at=timeout_at, lease_at=lease_at)
-
-    async def _execute(self, run: Run) -> tuple[Outcome, Any, BaseException | None]:
-        """Run the job in the run's scope; how it ended, its result and its error."""
-        scope = run.scope
-        result: Any = None
-        error: BaseException | None = None
-        try:
-            with scope:
-                try:
-                    if self.is_async:
-                        result = await self.fn()
-                    else:
-                        result = await trio.to_thread.run_sync(
-                            self._call_sync, limiter=self._limiter()
-                        )
-                        if isinstance(result, _Coroutine):
-                            # A sync wrapper around an async job (run=lambda: job(x)).
-                            result = await result.coroutine
-                except Exception as exc:
-                    error = exc
-        except Exception as exc:
-            # What is left of an exception group once the scope removed its own
-            # Cancelled (a job's nursery cancelled by timeout or stop_previous).
-            error = exc
-        if scope.cancel_called:
-            if run.cancel_reason is None and run.lease_at < run.timeout_at:
-                run.cancel_reason = CancelReason.LEADERSHIP_LOST  # the lease ran out
-            outcome = Outcome.CANCELLED if run.cancel_reason is not None else Outcome.TIMEOUT
-            return outcome, None, error
-        if error is not None:
-            return Outcome.ERROR, None, error
-        return Outcome.OK, result, None
 
     def _limiter(self) -> trio.CapacityLimiter:
         # A limiter of the job's own: its stuck threads (never abandoned) cannot starve
@@ -338,7 +346,8 @@ class Runs:
         try:
             emit(event, self.keys)
         finally:
-            run.done.set()
+            if run._done is not None:
+                run._done.set()
             if run.on_done is not None:
                 run.on_done()
 

@@ -185,6 +185,7 @@ def _api_has_no_provider() -> bool:
         and getattr(_metrics_internal, "_METER_PROVIDER", _MISSING) is None
     )
 
+
 _run_state: contextvars.ContextVar[_RunState | None] = contextvars.ContextVar(
     "periodic_telemetry_run", default=None
 )
