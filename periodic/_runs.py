@@ -8,7 +8,6 @@ and lets go with :meth:`shutdown`. It reports only through events.
 
 from __future__ import annotations
 
-import contextvars
 import datetime
 import inspect
 import logging
@@ -136,13 +135,10 @@ class Runs:
 
     running: dict[int, Run] = attrs.field(init=False, factory=dict)
     runs_started: int = attrs.field(init=False, default=0)
-    finished: dict[Outcome, int] = attrs.field(
-        init=False, factory=lambda: dict.fromkeys(Outcome, 0)
-    )
+    # Counts by outcome, of the outcomes seen so far.
+    finished: dict[Outcome, int] = attrs.field(init=False, factory=dict)
     _next_run_id: int = attrs.field(init=False, default=1)
     _nursery: trio.Nursery | None = attrs.field(init=False, default=None)
-    # The context runs start in: a copy of serve's, whoever spawns them (the timer).
-    _context: contextvars.Context | None = attrs.field(init=False, default=None)
     _thread_limiter: trio.CapacityLimiter | None = attrs.field(init=False, default=None)
     # The leadership watch's scope, while it runs.
     _watch_scope: trio.CancelScope | None = attrs.field(init=False, default=None)
@@ -153,9 +149,8 @@ class Runs:
         return self._nursery is not None
 
     def open(self, nursery: trio.Nursery) -> None:
-        """Start runs in ``nursery`` from now on, in the calling task's context."""
+        """Start runs in ``nursery`` from now on."""
         self._nursery = nursery
-        self._context = contextvars.copy_context()
         if self.peer is not None and self.cancel_on_leadership_loss:
             # Shielded like the runs, so leadership loss still stops runs during the
             # shutdown grace; shutdown() cancels it once every run is over.
@@ -177,8 +172,8 @@ class Runs:
         self._next_run_id += 1
         self.runs_started += 1
         self.running[run.run_id] = run
-        assert self._context is not None
-        self._context.run(nursery.start_soon, self._run_task, run)
+        # In the caller's context: the timer calls this in a copy of serve's.
+        nursery.start_soon(self._run_task, run)
         return run
 
     def stop(self, runs: list[Run]) -> None:
@@ -197,7 +192,6 @@ class Runs:
         """Accept no more runs; give running ones ``job_shutdown`` seconds, cancel the
         rest, and wait for all of them (shielded: it finishes even when cancelled)."""
         self._nursery = None
-        self._context = None
         running = self.running
         if running:
             with trio.CancelScope(shield=True) as grace:
@@ -325,7 +319,7 @@ class Runs:
         error: BaseException | None = None,
     ) -> None:
         del self.running[run.run_id]
-        self.finished[outcome] += 1
+        self.finished[outcome] = self.finished.get(outcome, 0) + 1
         peer = run.tracked_by
         if peer is not None:
             run.tracked_by = None

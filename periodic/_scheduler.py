@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import contextvars
 import datetime
-import functools
 import inspect
 import types
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
 import trio
@@ -56,7 +55,8 @@ class _State:
     # Auto mode, armed, and not shutting down.
     ticking: bool = False
     tick_lock: trio.Lock | None = None
-    skipped: dict[SkipReason, int] = attrs.field(factory=lambda: dict.fromkeys(SkipReason, 0))
+    # Counts by reason, of the reasons seen so far (an idle scheduler keeps little).
+    skipped: dict[SkipReason, int] = attrs.field(factory=dict)
     next_tick_at: float | None = None
     alarm: Alarm | None = None
     # The interval clock: tick k is due at base + k * every (regular mode).
@@ -66,7 +66,7 @@ class _State:
     # The cron clock: the next fire time, in UTC.
     fire: datetime.datetime | None = None
     # The parked serve task: woken to await the rest of a tick, or to raise a crash.
-    wake: trio.Event | None = None
+    parked: trio.lowlevel.Task | None = None
     rest: _Rest | None = None
     crash: BaseException | None = None
 
@@ -273,7 +273,18 @@ class Periodic(EventSource):
                         self._arm_first()
                         task_status.started()
                         del task_status
-                        await self._park()
+                        # Parked as cheaply as Trio allows: an idle scheduler is this
+                        # frame, its nursery and its task. Woken (_wake) to await the
+                        # rest of a tick, or to raise what crashed one.
+                        state.parked = trio.lowlevel.current_task()
+                        while True:
+                            await trio.lowlevel.wait_task_rescheduled(_abort_park)
+                            crash, state.crash = state.crash, None
+                            if crash is not None:
+                                raise crash
+                            rest, state.rest = state.rest, None
+                            if rest is not None:
+                                await rest
                 finally:
                     self._stop_ticking()
                     await self._runs.shutdown()
@@ -307,7 +318,7 @@ class Periodic(EventSource):
             due_now = self._shifted_due_now
         else:
             due_now = self._regular_due_now
-        state.alarm = Alarm(functools.partial(context.run, due_now), self._crashed)
+        state.alarm = Alarm(context, due_now, self._crashed)
         state.ticking = True
         now = trio.current_time()
         if state.fire is not None:
@@ -320,33 +331,20 @@ class Periodic(EventSource):
             state.base = state.due = state.next_tick_at = now + self._first_delay
             state.alarm.arm(state.due)
 
-    async def _park(self) -> None:
-        """Stay parked while the timer ticks; await what a tick hands over; raise what
-        crashed a tick."""
-        state = self._state
-        while True:
-            state.wake = wake = trio.Event()
-            await wake.wait()
-            crash, state.crash = state.crash, None
-            if crash is not None:
-                raise crash
-            rest, state.rest = state.rest, None
-            if rest is not None:
-                await rest
+    def _wake(self) -> None:
+        task = self._state.parked
+        assert task is not None
+        trio.lowlevel.reschedule(task)
 
     def _hand_over(self, rest: _Rest) -> None:
-        state = self._state
-        assert state.wake is not None
-        state.rest = rest
-        state.wake.set()
+        self._state.rest = rest
+        self._wake()
 
     def _crashed(self, exc: BaseException) -> None:
         # What a tick raised (a guard's BaseException, a broken wall clock, a bug)
         # comes out of serve, as if serve had ticked in its own task.
-        state = self._state
-        assert state.wake is not None
-        state.crash = exc
-        state.wake.set()
+        self._state.crash = exc
+        self._wake()
 
     def _stop_ticking(self) -> None:
         state = self._state
@@ -358,7 +356,7 @@ class Periodic(EventSource):
         if state.rest is not None:  # handed over, but serve was cancelled first
             state.rest.close()
             state.rest = None
-        state.wake = None
+        state.parked = None
 
     # -- the interval clock ------------------------------------------------------------
 
@@ -643,12 +641,17 @@ class Periodic(EventSource):
         count: int = 1,
         error: BaseException | None = None,
     ) -> Skipped:
-        self._state.skipped[reason] += count
+        skipped = self._state.skipped
+        skipped[reason] = skipped.get(reason, 0) + count
         event = Skipped(
             job=self.name, reason=reason, scheduled_at=scheduled_at, count=count, error=error
         )
         emit(event, self._runs.keys)
         return event
+
+
+def _abort_park(raise_cancel: Callable[[], NoReturn]) -> trio.lowlevel.Abort:
+    return trio.lowlevel.Abort.SUCCEEDED
 
 
 # -- the toolkit's hooks (periodic.testing) -------------------------------------------------

@@ -14,6 +14,7 @@ when the run ends.
 
 from __future__ import annotations
 
+import contextvars
 import heapq
 import itertools
 import math
@@ -34,16 +35,20 @@ class Alarm:
     """A callback that a timer calls once its due time has come.
 
     Arm it with :meth:`arm` (again and again: each arming replaces the last), disarm it
-    with :meth:`disarm`. ``callback()`` is called with no arguments, at most once per
-    arming; an exception it raises goes to ``on_error(exc)``.
+    with :meth:`disarm`. ``callback()`` is called in ``context`` with no arguments, at
+    most once per arming; an exception it raises goes to ``on_error(exc)``.
     """
 
-    __slots__ = ("_armed_as", "_generation", "_timer", "callback", "on_error")
+    __slots__ = ("_armed_as", "_generation", "_timer", "callback", "context", "on_error")
 
     def __init__(
-        self, callback: Callable[[], object], on_error: Callable[[BaseException], object]
+        self,
+        context: contextvars.Context,
+        callback: Callable[[], object],
+        on_error: Callable[[BaseException], object],
     ) -> None:
         self._timer = current_timer()
+        self.context = context
         self.callback = callback
         self.on_error = on_error
         self._generation = 0
@@ -144,7 +149,7 @@ class Timer:
                 continue
             alarm._armed_as = -1
             try:
-                alarm.callback()
+                alarm.context.run(alarm.callback)
             except BaseException as exc:  # handed to its owner, re-raised there
                 alarm.on_error(exc)
             heap = self._heap  # a callback may have compacted it
