@@ -21,7 +21,7 @@ import trio
 
 from . import _options
 from ._cron import UTC, CronSchedule, latest_fire, parse_schedule, utc_now
-from ._events import EventSource, Skipped, SkipReason, emit
+from ._events import EventSource, Outcome, Skipped, SkipReason, emit
 from ._options import DelayMode, Mode, Overlap
 from ._runs import Run, Runs, Statistics
 from ._timer import Alarm
@@ -298,8 +298,10 @@ class Periodic(EventSource):
         return Statistics(
             runs_started=runs.runs_started,
             running=len(runs.running),
-            finished=types.MappingProxyType({str(k): v for k, v in runs.finished.items()}),
-            skipped=types.MappingProxyType({str(k): v for k, v in self._state.skipped.items()}),
+            finished=types.MappingProxyType({str(k): runs.finished.get(k, 0) for k in Outcome}),
+            skipped=types.MappingProxyType(
+                {str(k): self._state.skipped.get(k, 0) for k in SkipReason}
+            ),
             next_tick_at=self._state.next_tick_at,
         )
 
