@@ -23,6 +23,7 @@ import trio.testing
 
 import periodic
 from periodic import Periodic
+from periodic.testing import serve_for
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = "cleanup"
@@ -54,13 +55,6 @@ def rendered(record: logging.LogRecord) -> str:
     return logging.Formatter().format(record)
 
 
-async def serve_for(seconds: float, job: Periodic) -> None:
-    async with trio.open_nursery() as nursery:
-        await nursery.start(job.serve)
-        await trio.sleep(seconds)
-        nursery.cancel_scope.cancel()
-
-
 async def sleep_forever() -> None:
     await trio.sleep_forever()
 
@@ -86,7 +80,7 @@ async def test_a_run_that_returns_logs_started_and_finished_at_info(
     async def job() -> None:
         await trio.sleep(0.25)
 
-    await serve_for(2.5, Periodic(run=job, every=2, name=JOB))
+    await serve_for(Periodic(run=job, every=2, name=JOB), 2.5)
     assert lines(caplog) == [
         ("INFO", "job 'cleanup' run 1 started, 0.000s after it was due"),
         ("INFO", "job 'cleanup' run 1 finished ok in 0.250s"),
@@ -132,7 +126,7 @@ async def test_an_error_is_logged_at_error_with_its_traceback(
         await trio.sleep(0.5)
         raise ValueError("boom")
 
-    await serve_for(1.5, Periodic(run=job, every=1, name=JOB))
+    await serve_for(Periodic(run=job, every=1, name=JOB), 1.5)
     _, finished = records(caplog)
     assert (finished.levelname, finished.getMessage()) == (
         "ERROR",
@@ -149,7 +143,7 @@ async def test_an_error_is_logged_at_error_with_its_traceback(
 async def test_a_timeout_is_logged_at_error(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    await serve_for(2.5, Periodic(run=sleep_forever, every=2, timeout=1.25, name=JOB))
+    await serve_for(Periodic(run=sleep_forever, every=2, timeout=1.25, name=JOB), 2.5)
     finished = [r for r in records(caplog) if r.periodic_event == "Finished"]
     assert [(r.levelname, r.getMessage()) for r in finished] == [
         ("ERROR", "job 'cleanup' run 1 finished timeout in 1.250s"),
@@ -164,7 +158,7 @@ async def test_stop_previous_warns_and_shutdown_is_info(
     job = Periodic(
         run=sleep_forever, every=2, on_overlap="stop_previous", job_shutdown=0, name=JOB
     )
-    await serve_for(4.5, job)
+    await serve_for(job, 4.5)
     assert lines(caplog) == [
         ("INFO", "job 'cleanup' run 1 started, 0.000s after it was due"),
         ("WARNING", "job 'cleanup' stopping run 1 (on_overlap=stop_previous)"),
@@ -186,7 +180,7 @@ async def test_stop_previous_warns_and_shutdown_is_info(
 async def test_a_run_cancelled_at_shutdown_is_info(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    await serve_for(2.5, Periodic(run=sleep_forever, every=2, job_shutdown=0.75, name=JOB))
+    await serve_for(Periodic(run=sleep_forever, every=2, job_shutdown=0.75, name=JOB), 2.5)
     assert lines(caplog)[-1] == (
         "INFO",
         "job 'cleanup' run 1 finished cancelled (shutdown) in 1.250s",
@@ -206,7 +200,7 @@ async def test_a_tick_skipped_for_overlap_is_info(
     async def job() -> None:
         await trio.sleep(1.5)
 
-    await serve_for(2.25, Periodic(run=job, every=1, on_overlap="ignore", name=JOB))
+    await serve_for(Periodic(run=job, every=1, on_overlap="ignore", name=JOB), 2.25)
     [skip] = skips(caplog)
     assert (skip.levelname, skip.getMessage()) == (
         "INFO",
@@ -224,7 +218,7 @@ async def test_a_tick_skipped_for_overlap_is_info(
 async def test_a_tick_the_guard_refused_is_info(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    await serve_for(1.5, Periodic(run=sleep_forever, every=1, when=lambda: False, name=JOB))
+    await serve_for(Periodic(run=sleep_forever, every=1, when=lambda: False, name=JOB), 1.5)
     assert lines(caplog) == [("INFO", "job 'cleanup' skipped a tick: the when-guard said no")]
     assert fields(records(caplog)[0])["periodic_reason"] == "guard"
 
@@ -235,7 +229,7 @@ async def test_a_guard_that_raises_is_logged_at_error_with_its_traceback(
     def guard() -> bool:
         raise RuntimeError("no database")
 
-    await serve_for(1.5, Periodic(run=sleep_forever, every=1, when=guard, name=JOB))
+    await serve_for(Periodic(run=sleep_forever, every=1, when=guard, name=JOB), 1.5)
     [skip] = records(caplog)
     assert (skip.levelname, skip.getMessage()) == (
         "ERROR",
@@ -262,7 +256,7 @@ async def test_missed_ticks_warn_with_their_count(
         return True
 
     job = Periodic(run=trio.lowlevel.checkpoint, every=1, when=guard, name=JOB)
-    await serve_for(slow + 1.25, job)
+    await serve_for(job, slow + 1.25)
     [skip] = skips(caplog)
     assert (skip.levelname, skip.getMessage()) == (
         "WARNING",
@@ -281,7 +275,7 @@ async def stop_previous_once() -> None:
     job = Periodic(
         run=sleep_forever, every=2, on_overlap="stop_previous", timeout=3, job_shutdown=9, name=JOB
     )
-    await serve_for(4.5, job)
+    await serve_for(job, 4.5)
 
 
 async def test_configure_logging_turns_the_subscriber_off_and_on(
@@ -440,7 +434,7 @@ async def test_the_json_formatter_example_writes_the_fields(
         async def job() -> None:
             raise OSError("disk full")
 
-        await serve_for(1.5, Periodic(run=job, every=1, name=JOB))
+        await serve_for(Periodic(run=job, every=1, name=JOB), 1.5)
     finally:
         logger.removeHandler(handler)
     started, finished = (json.loads(line) for line in stream.getvalue().splitlines())

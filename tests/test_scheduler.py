@@ -25,6 +25,7 @@ from periodic.events import (
     Started,
     StoppedPrevious,
 )
+from periodic.testing import serve_for
 
 
 @attrs.define
@@ -47,14 +48,6 @@ class Recorder:
     @property
     def starts(self) -> list[float]:
         return [s for s, _ in self.spans]
-
-
-async def serve_for(job: Periodic, seconds: float) -> None:
-    """Serve ``job`` from virtual time 0 for ``seconds``, then cancel it."""
-    async with trio.open_nursery() as nursery:
-        await nursery.start(job.serve)
-        await trio.sleep(seconds)
-        nursery.cancel_scope.cancel()
 
 
 def of(kind: type[Any], events: list[Event]) -> list[Any]:

@@ -52,6 +52,7 @@ import periodic
 from periodic import Periodic, _telemetry
 from periodic.events import Event, Finished, Outcome, Started
 from periodic.peers import LocalPeer, SQLitePeer
+from periodic.testing import serve_for
 
 JOB = "telemetry-job"
 
@@ -157,15 +158,6 @@ def otel(use_providers: Any) -> OTel:
     return sdk
 
 
-async def serve_for(seconds: float, *jobs: Periodic) -> None:
-    """Serve ``jobs`` for ``seconds`` of virtual time, then cancel them and wait."""
-    async with trio.open_nursery() as nursery:
-        for job in jobs:
-            await nursery.start(job.serve)
-        await trio.sleep(seconds)
-        nursery.cancel_scope.cancel()
-
-
 async def sleep_forever() -> None:
     await trio.sleep_forever()
 
@@ -179,7 +171,7 @@ async def test_an_ok_run_is_one_internal_root_span(
     async def job() -> None:
         await trio.sleep(0.5)
 
-    await serve_for(3, Periodic(run=job, every=2, name=JOB))
+    await serve_for(Periodic(run=job, every=2, name=JOB), 3)
     [span] = otel.spans()
     assert span.name == "periodic.run"
     assert span.kind is SpanKind.INTERNAL
@@ -214,7 +206,7 @@ async def test_the_jobs_spans_are_children_of_the_run(
             nursery.start_soon(async_job)
 
     run = {"async": async_job, "child task": spawning_job, "sync": make_inner}[kind]
-    await serve_for(1.5, Periodic(run=run, every=1, name=JOB))
+    await serve_for(Periodic(run=run, every=1, name=JOB), 1.5)
     [outer] = otel.spans()
     [inner] = otel.spans("inner")
     assert outer.context is not None
@@ -231,7 +223,7 @@ async def test_each_run_is_a_new_trace_linked_to_the_span_serve_started_in(
         pass
 
     with otel.tracer.start_as_current_span("app") as app:
-        await serve_for(2.5, Periodic(run=job, every=1, name=JOB))
+        await serve_for(Periodic(run=job, every=1, name=JOB), 2.5)
     runs = otel.run_spans()
     assert sorted(runs) == [1, 2]
     app_context = app.get_span_context()
@@ -303,7 +295,11 @@ async def test_a_sampler_sees_the_attributes_and_the_jobs_spans_follow_its_decis
 
         return Periodic(run=job, every=1, name=name)
 
-    await serve_for(1.5, job_named("noisy"), job_named("kept"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(job_named("noisy").serve)
+        await nursery.start(job_named("kept").serve)
+        await trio.sleep(1.5)
+        nursery.cancel_scope.cancel()
     assert [_attr(s, "periodic.job") for s in otel.spans()] == ["kept"]
     assert [s.name for s in otel.spans("inner noisy")] == []
     assert [s.name for s in otel.spans("inner kept")] == ["inner kept"]
@@ -321,7 +317,7 @@ async def test_ok(autojump_clock: trio.testing.MockClock, otel: OTel) -> None:
     async def job() -> None:
         await trio.sleep(0.25)
 
-    await serve_for(4.5, Periodic(run=job, every=2, name=JOB))
+    await serve_for(Periodic(run=job, every=2, name=JOB), 4.5)
     runs = otel.run_spans()
     assert sorted(runs) == [1, 2]
     assert [_attr(runs[i], "periodic.scheduled_at") for i in (1, 2)] == [2.0, 4.0]
@@ -337,7 +333,7 @@ async def test_error(autojump_clock: trio.testing.MockClock, otel: OTel) -> None
         await trio.sleep(0.5)
         raise ValueError("boom")
 
-    await serve_for(1.5, Periodic(run=job, every=1, name=JOB))
+    await serve_for(Periodic(run=job, every=1, name=JOB), 1.5)
     [span] = otel.spans()
     assert _attr(span, "periodic.outcome") == "error"
     assert span.status.status_code is StatusCode.ERROR
@@ -353,7 +349,7 @@ async def test_error(autojump_clock: trio.testing.MockClock, otel: OTel) -> None
 
 
 async def test_timeout(autojump_clock: trio.testing.MockClock, otel: OTel) -> None:
-    await serve_for(3.5, Periodic(run=sleep_forever, every=2, timeout=1.25, name=JOB))
+    await serve_for(Periodic(run=sleep_forever, every=2, timeout=1.25, name=JOB), 3.5)
     [span] = otel.spans()
     assert _attr(span, "periodic.outcome") == "timeout"
     assert span.status.status_code is StatusCode.UNSET
@@ -384,7 +380,7 @@ async def test_cancelled_by_stop_previous(
 
 
 async def test_cancelled_at_shutdown(autojump_clock: trio.testing.MockClock, otel: OTel) -> None:
-    await serve_for(2.5, Periodic(run=sleep_forever, every=2, job_shutdown=0.75, name=JOB))
+    await serve_for(Periodic(run=sleep_forever, every=2, job_shutdown=0.75, name=JOB), 2.5)
     [span] = otel.spans()
     assert _attr(span, "periodic.outcome") == "cancelled"
     assert _attr(span, "periodic.cancel_reason") == "shutdown"
@@ -417,14 +413,14 @@ async def test_skipped_for_overlap(autojump_clock: trio.testing.MockClock, otel:
     async def job() -> None:
         await trio.sleep(2.5)
 
-    await serve_for(3.75, Periodic(run=job, every=1, on_overlap="ignore", name=JOB))
+    await serve_for(Periodic(run=job, every=1, on_overlap="ignore", name=JOB), 3.75)
     assert otel.sums("periodic.skips") == {key(reason="overlap"): 2}  # at 2.0 and 3.0
     assert otel.sums("periodic.runs") == {key(outcome="ok"): 1}
     assert len(otel.spans()) == 1
 
 
 async def test_skipped_by_the_guard(autojump_clock: trio.testing.MockClock, otel: OTel) -> None:
-    await serve_for(3.5, Periodic(run=sleep_forever, every=1, when=lambda: False, name=JOB))
+    await serve_for(Periodic(run=sleep_forever, every=1, when=lambda: False, name=JOB), 3.5)
     assert otel.sums("periodic.skips") == {key(reason="guard"): 3}
     assert otel.spans() == []
     assert "periodic.runs" not in otel.metrics()
@@ -436,7 +432,7 @@ async def test_skipped_because_the_guard_raised(
     def guard() -> bool:
         raise RuntimeError("no database")
 
-    await serve_for(2.5, Periodic(run=sleep_forever, every=1, when=guard, name=JOB))
+    await serve_for(Periodic(run=sleep_forever, every=1, when=guard, name=JOB), 2.5)
     assert otel.sums("periodic.skips") == {key(reason="guard_error"): 2}
     assert otel.spans() == []
 
@@ -454,7 +450,7 @@ async def test_missed_ticks_count_every_tick(
     async def job() -> None:
         pass
 
-    await serve_for(4.75, Periodic(run=job, every=1, when=guard, name=JOB))
+    await serve_for(Periodic(run=job, every=1, when=guard, name=JOB), 4.75)
     # Woken at 4.5 for the tick due at 2.0: 2.0 and 3.0 were missed, 4.0 runs late.
     assert otel.sums("periodic.skips") == {key(reason="missed"): 2}
     runs = otel.run_spans()
@@ -469,8 +465,8 @@ async def test_missed_ticks_count_every_tick(
 async def test_instruments_names_units_and_scope(
     autojump_clock: trio.testing.MockClock, otel: OTel
 ) -> None:
-    await serve_for(1.5, Periodic(run=sleep_forever, every=1, when=lambda: False, name="g"))
-    await serve_for(1.5, Periodic(run=trio.lowlevel.checkpoint, every=1, name=JOB))
+    await serve_for(Periodic(run=sleep_forever, every=1, when=lambda: False, name="g"), 1.5)
+    await serve_for(Periodic(run=trio.lowlevel.checkpoint, every=1, name=JOB), 1.5)
     metrics = otel.metrics()
     assert {name: m.unit for name, m in metrics.items()} == {
         "periodic.runs": "{run}",
@@ -555,7 +551,7 @@ async def run_a_few(events: list[Event]) -> list[tuple[str, int, str]]:
     async def job() -> None:
         await trio.sleep(0.5)
 
-    await serve_for(3.5, Periodic(run=job, every=1, name=JOB))
+    await serve_for(Periodic(run=job, every=1, name=JOB), 3.5)
     return [
         (type(e).__name__, e.run_id, str(e.outcome)) for e in events if isinstance(e, Finished)
     ]
@@ -653,9 +649,9 @@ async def test_nested_schedulers_each_get_their_span(
         pass
 
     async def outer() -> None:
-        await serve_for(2.5, Periodic(run=inner, every=1, name="inner"))
+        await serve_for(Periodic(run=inner, every=1, name="inner"), 2.5)
 
-    await serve_for(1.5, Periodic(run=outer, every=1, name="outer", job_shutdown=math.inf))
+    await serve_for(Periodic(run=outer, every=1, name="outer", job_shutdown=math.inf), 1.5)
     spans = otel.spans()
     assert [_attr(s, "periodic.job") for s in spans] == ["inner", "inner", "outer"]
     assert all(s.parent is None for s in spans)
@@ -678,7 +674,7 @@ async def test_no_sdk_costs_nothing_visible(
         seen.append(trace.get_current_span().get_span_context().is_valid)
 
     caplog.set_level(logging.WARNING)
-    await serve_for(2.5, Periodic(run=job, every=1, name=JOB))
+    await serve_for(Periodic(run=job, every=1, name=JOB), 2.5)
     assert seen == [False, False]
     assert caplog.records == []
 
