@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         print("\n(smoke sizes: these numbers only show that every scenario works)")
     else:
-        print(f"\ntargets of issue 7 for periodic:\n{_report.targets_text(found)}")
+        print(f"\ntargets of issues 7 and 10 for periodic:\n{_report.targets_text(found)}")
     if skipped:
         print(f"\nnot installed (pip install -e '.[bench]'): {', '.join(skipped)}")
 

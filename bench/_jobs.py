@@ -40,6 +40,8 @@ class SlotLog:
         self.anchors = array("d", bytes(8 * n))
         self.hits = bytearray(n * slots)
         self.runs = 0
+        # Runs that came at most 100 ms after the due time of their slot.
+        self.prompt = 0
 
     def on_time(self, first_due: float, last_due: float) -> tuple[int, int]:
         """Return (due ticks, delivered ticks) for ticks due in ``[first_due, last_due)``."""
@@ -83,9 +85,12 @@ async def tick_job() -> None:
 async def slot_job(i: int) -> None:
     log = slots
     log.runs += 1
-    k = int((trio.current_time() - log.anchors[i]) * log.rate)
+    since = trio.current_time() - log.anchors[i]
+    k = int(since * log.rate)
     if 0 <= k < log.slots:
         log.hits[i * log.slots + k] = 1
+    if since - k / log.rate <= 0.1:
+        log.prompt += 1
 
 
 async def count_job() -> None:

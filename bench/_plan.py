@@ -55,7 +55,7 @@ SCENARIOS = (
         "3. {n} schedulers at {hz:g} Hz for {window:g} s",
         "many",
         ALL,
-        full={"n": 10000, "every": 1.0, "periods": 3, "startup_allowance": 15.0},
+        full={"n": 10000, "every": 1.0, "periods": 10, "startup_allowance": 15.0},
         smoke={"n": 200, "every": 0.1, "periods": 3, "startup_allowance": 5.0},
     ),
     Scenario(
@@ -83,5 +83,13 @@ SCENARIOS = (
         full={"n": 1000, "every": 1.0, "periods": 3},
         smoke={"n": 50, "every": 0.1, "periods": 3, "startup_allowance": 5.0},
         variants={"periodic+otel": {"otel": True, "requires": "opentelemetry.sdk"}},
+    ),
+    Scenario(
+        "s7",
+        "7. {n} schedulers every {every:g} s for {window:g} s",
+        "many",
+        ("periodic", "grid", "raw_spawn"),
+        full={"n": 100_000, "every": 10.0, "periods": 2, "startup_allowance": 60.0},
+        smoke={"n": 1000, "every": 1.0, "periods": 2, "startup_allowance": 10.0},
     ),
 )

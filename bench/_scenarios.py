@@ -125,9 +125,10 @@ def many(
             # period are as far as can be from the window's edges.
             window_start = trio.current_time() + every / 2
             await trio.sleep_until(window_start)
-            cpu_start, runs_start = time.process_time(), log.runs
+            cpu_start, runs_start, prompt_start = time.process_time(), log.runs, log.prompt
             await trio.sleep_until(window_start + periods * every)
             cpu, runs = time.process_time() - cpu_start, log.runs - runs_start
+            prompt = log.prompt - prompt_start
             window = trio.current_time() - window_start
             out["rss_per_scheduler_kb"] = (_rss() - rss_before) / n / 1024
             nursery.cancel_scope.cancel()
@@ -136,6 +137,7 @@ def many(
         out["cpu_per_run_us"] = cpu / max(runs, 1) * 1e6
         out["cpu_share_pct"] = cpu / window * 100
         out["on_time_pct"] = delivered / max(due, 1) * 100
+        out["within_100ms_pct"] = prompt / max(runs, 1) * 100
         out["due"] = due
 
     trio.run(main)
