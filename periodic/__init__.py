@@ -8,6 +8,7 @@ from ._logging import configure_logging as configure_logging
 from ._options import DelayMode as DelayMode
 from ._options import Mode as Mode
 from ._options import Overlap as Overlap
+from ._retry import Retry as Retry
 from ._runinfo import RunInfo as RunInfo
 from ._runinfo import current_run as current_run
 from ._runs import Statistics as Statistics
@@ -19,6 +20,7 @@ __all__ = [
     "Mode",
     "Overlap",
     "Periodic",
+    "Retry",
     "RunInfo",
     "Statistics",
     "__version__",

@@ -85,18 +85,25 @@ class Started:
 
 @attrs.frozen(kw_only=True)
 class Finished:
-    """A run of ``job`` has finished; every :class:`Started` has exactly one.
+    """A try of a run of ``job`` has finished.
+
+    Every :class:`Started` has exactly one ``Finished`` with ``will_retry=False``, the
+    last event of its run. With a ``retry`` policy, each failed try that is followed by
+    another emits a ``Finished(outcome="error", will_retry=True)`` first.
 
     Attributes:
         job: The job's name.
         run_id: The run's id, as in its :class:`Started`.
-        outcome: How it ended.
-        duration: Seconds between start and finish, on Trio's clock.
+        outcome: How it (this try) ended.
+        duration: Seconds between the start and the end of this try, on Trio's clock.
         result: The job's return value when ``outcome`` is ``ok``, else ``None``.
         error: The exception when ``outcome`` is ``error``; for a sync job stopped while its
             thread was running, whatever the thread raised (the outcome still says why it
             was stopped).
         cancel_reason: For ``cancelled``, who cancelled it; else ``None``.
+        attempt: Which try of the run this was, from 1 (always 1 without ``retry``).
+        will_retry: Whether another try of the run follows (after a
+            :class:`Retrying`); ``False`` on a run's last ``Finished``.
     """
 
     job: str
@@ -106,6 +113,28 @@ class Finished:
     result: Any = None
     error: BaseException | None = None
     cancel_reason: CancelReason | None = None
+    attempt: int = 1
+    will_retry: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class Retrying:
+    """Try ``attempt`` of run ``run_id`` of ``job`` begins, after a failed try.
+
+    It follows a ``Finished(will_retry=True)`` of the same run, once the retry's wait is
+    over; the try ends with a :class:`Finished` of its own.
+
+    Attributes:
+        job: The job's name.
+        run_id: The run's id, as in its :class:`Started`.
+        attempt: The try beginning now: 2 for the first retry.
+        started_at: When it began (``trio.current_time()``).
+    """
+
+    job: str
+    run_id: int
+    attempt: int
+    started_at: float
 
 
 @attrs.frozen(kw_only=True)
@@ -169,7 +198,7 @@ class EventSource:
     __slots__ = ()
 
 
-Event = Started | Finished | Skipped | StoppedPrevious | LeadershipChanged
+Event = Started | Finished | Retrying | Skipped | StoppedPrevious | LeadershipChanged
 Handler = Callable[[Event], object]
 
 

@@ -15,6 +15,7 @@ from ._events import (
     Finished,
     LeadershipChanged,
     Outcome,
+    Retrying,
     Skipped,
     SkipReason,
     Started,
@@ -44,6 +45,8 @@ _SKIP_TEXT = {
 def _finished_level(event: Finished) -> int:
     if event.outcome is Outcome.OK:
         return logging.INFO
+    if event.will_retry:
+        return logging.WARNING
     if event.outcome is Outcome.CANCELLED:
         if event.cancel_reason is CancelReason.SHUTDOWN:
             return logging.INFO
@@ -72,6 +75,14 @@ class _EventLogger:
             )
         elif isinstance(event, LeadershipChanged):
             self._leadership(event)
+        elif isinstance(event, Retrying):
+            self._log(
+                logging.INFO,
+                event,
+                "job %r run %d: try %d begins",
+                (event.job, event.run_id, event.attempt),
+                {"periodic_run_id": event.run_id, "periodic_attempt": event.attempt},
+            )
 
     def _leadership(self, event: LeadershipChanged) -> None:
         fields = {
@@ -145,24 +156,31 @@ class _EventLogger:
         how = str(event.outcome)
         if event.cancel_reason is not None:
             how = f"{how} ({event.cancel_reason})"
+        if event.will_retry:
+            how = f"{how} at try {event.attempt}, will retry"
+        elif event.attempt > 1:
+            how = f"{how} at try {event.attempt}"
         msg = "job %r run %d finished %s in %.3fs"
         args: tuple[Any, ...] = (event.job, event.run_id, how, event.duration)
         if event.outcome is Outcome.ERROR and event.error is not None:
             msg += ": %r"
             args += (event.error,)
+        fields = {
+            "periodic_run_id": event.run_id,
+            "periodic_outcome": str(event.outcome),
+            "periodic_duration": event.duration,
+            "periodic_cancel_reason": (
+                None if event.cancel_reason is None else str(event.cancel_reason)
+            ),
+        }
+        if event.attempt > 1 or event.will_retry:  # (only where retries happen)
+            fields.update(periodic_attempt=event.attempt, periodic_will_retry=event.will_retry)
         self._log(
             level,
             event,
             msg,
             args,
-            {
-                "periodic_run_id": event.run_id,
-                "periodic_outcome": str(event.outcome),
-                "periodic_duration": event.duration,
-                "periodic_cancel_reason": (
-                    None if event.cancel_reason is None else str(event.cancel_reason)
-                ),
-            },
+            fields,
             exc=event.error if event.outcome is Outcome.ERROR else None,
         )
 

@@ -7,6 +7,7 @@ import enum
 import functools
 import inspect
 import math
+import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -261,5 +262,32 @@ def check_wall_clock(
     if value is not None and not callable(value):
         raise TypeError(
             f"wall_clock must be None or a callable returning an aware datetime, got {value!r}"
+        )
+    return value
+
+
+def jitter(value: float | datetime.timedelta | str | None) -> float:
+    """``None`` and ``0`` both mean no jitter."""
+    if value is None:
+        return 0.0
+    accepts = "a finite number of seconds >= 0, a timedelta, or a duration string such as '5s'"
+    if isinstance(value, str):
+        from ._cron import parse_duration
+
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            raise ValueError(f"jitter: {exc}") from None
+    seconds = _seconds("jitter", value, accepts=accepts)
+    if not 0 <= seconds < math.inf:
+        raise ValueError(f"jitter must be {accepts}, got {value!r}")
+    return seconds
+
+
+def check_jitter_rng(value: random.Random | None) -> random.Random | None:
+    if value is not None and not isinstance(value, random.Random):
+        raise TypeError(
+            f"jitter_rng must be None or a random.Random (e.g. random.Random(42) in tests), "
+            f"got {value!r}"
         )
     return value

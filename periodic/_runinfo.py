@@ -21,6 +21,7 @@ class RunInfo:
         fire_time: For a ``cron=`` job, the wall-clock time the run was meant to fire
             (timezone-aware; the time of the call for a manual tick), else ``None``.
             ``(job, fire_time)`` makes a good idempotency key.
+        attempt: Which try of the run this is, from 1 (see :class:`periodic.Retry`).
     """
 
     job: str
@@ -29,6 +30,7 @@ class RunInfo:
     started_at: float
     fence: int | None = None
     fire_time: datetime.datetime | None = None
+    attempt: int = 1
 
 
 _current: contextvars.ContextVar[RunInfo] = contextvars.ContextVar("periodic_current_run")

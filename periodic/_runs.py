@@ -18,7 +18,16 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from ._events import CancelReason, Finished, Outcome, Started, StoppedPrevious, emit
+from ._events import (
+    CancelReason,
+    Finished,
+    Outcome,
+    Retrying,
+    Started,
+    StoppedPrevious,
+    emit,
+)
+from ._retry import Retry
 from ._runinfo import RunInfo, _current
 
 if TYPE_CHECKING:
@@ -82,6 +91,10 @@ class Run:
     stop_pending: bool = False
     # Called once the run is over (shifted mode arms the next tick from it).
     on_done: Callable[[], object] | None = None
+    # When the job's next tick is due: no retry starts at or after it.
+    retry_until: float = math.inf
+    # Waiting to try again: shutdown stops such a run at once.
+    retry_pending: bool = False
 
     @property
     def done(self) -> trio.Event:
@@ -122,6 +135,7 @@ class Runs:
         peer: The job's peer, told of runs started under its leadership.
         cancel_on_leadership_loss: Whether runs end with the lease they started under.
         keys: What event filters may name to get this job's events.
+        retry: The retry policy of failed tries, if any.
     """
 
     name: str
@@ -132,6 +146,7 @@ class Runs:
     peer: Peer | None
     cancel_on_leadership_loss: bool
     keys: tuple[object, ...]
+    retry: Retry | None = None
 
     running: dict[int, Run] = attrs.field(init=False, factory=dict)
     runs_started: int = attrs.field(init=False, default=0)
@@ -158,9 +173,14 @@ class Runs:
             nursery.start_soon(self._watch_leadership, self.peer, self._watch_scope)
 
     def spawn(
-        self, scheduled_at: float, fence: int | None, fire_time: datetime.datetime | None
+        self,
+        scheduled_at: float,
+        fence: int | None,
+        fire_time: datetime.datetime | None,
+        retry_until: float = math.inf,
     ) -> Run | None:
-        """Start a run now (its task begins at Trio's next scheduling round).
+        """Start a run now (its task begins at Trio's next scheduling round); its retries
+        must start before ``retry_until``.
 
         Returns:
             The run, or ``None`` when runs are not accepted (shutting down).
@@ -169,6 +189,7 @@ class Runs:
         if nursery is None:
             return None
         run = Run(self._next_run_id, scheduled_at, fence, fire_time, trio.CancelScope(shield=True))
+        run.retry_until = retry_until
         self._next_run_id += 1
         self.runs_started += 1
         self.running[run.run_id] = run
@@ -193,6 +214,9 @@ class Runs:
         rest, and wait for all of them (shielded: it finishes even when cancelled)."""
         self._nursery = None
         running = self.running
+        for run in running.values():
+            if run.retry_pending:  # no grace for a run waiting to try again
+                run.cancel(CancelReason.SHUTDOWN)
         if running:
             with trio.CancelScope(shield=True) as grace:
                 grace.deadline = trio.current_time() + self.job_shutdown
@@ -211,30 +235,48 @@ class Runs:
 
     async def _run_task(self, run: Run) -> None:
         started_at = trio.current_time()
+        attempt = 1
         try:
             try:
                 self._begin(run, started_at)
             except Exception as exc:  # a peer's lease_deadline() that raised, say
                 self._finish(run, Outcome.ERROR, started_at, error=exc)
                 return
-            # The job runs in the run's scope (one coroutine layer: this is the hot path).
+            # The job runs in the run's scope, which also holds the waits between tries,
+            # so that stopping the run stops a waiting retry at once. (One coroutine
+            # layer: this is the hot path.)
             scope = run.scope
             result: Any = None
             error: BaseException | None = None
             try:
                 with scope:
-                    try:
-                        if self.is_async:
-                            result = await self.fn()
-                        else:
-                            result = await trio.to_thread.run_sync(
-                                self._call_sync, limiter=self._limiter()
-                            )
-                            if isinstance(result, _Coroutine):
-                                # A sync wrapper around an async job (run=lambda: job(x)).
-                                result = await result.coroutine
-                    except Exception as exc:
-                        error = exc
+                    while True:
+                        try:
+                            if self.is_async:
+                                result = await self.fn()
+                            else:
+                                result = await trio.to_thread.run_sync(
+                                    self._call_sync, limiter=self._limiter()
+                                )
+                                if isinstance(result, _Coroutine):
+                                    # A sync wrapper around an async job (run=lambda: job(x)).
+                                    result = await result.coroutine
+                        except Exception as exc:
+                            error = exc
+                        if error is None or self.retry is None:
+                            break
+                        wait = self._retry_wait(run, attempt)
+                        if wait is None:
+                            break
+                        self._finish_try(run, attempt, started_at, error)
+                        run.retry_pending = True
+                        run.set_deadlines(timeout_at=math.inf)  # the timeout is per try
+                        await trio.sleep(wait)
+                        run.retry_pending = False
+                        attempt += 1
+                        started_at = trio.current_time()
+                        error = None
+                        self._begin_try(run, attempt, started_at)
             except Exception as exc:
                 # What is left of an exception group once the scope removed its own
                 # Cancelled (a job's nursery cancelled by timeout or stop_previous).
@@ -243,17 +285,51 @@ class Runs:
             # KeyboardInterrupt, or a test's failure raised from an event handler:
             # report the run (once), then let it through.
             if run.finished is None:
-                self._finish(run, Outcome.CANCELLED, started_at, error=exc)
+                self._finish(run, Outcome.CANCELLED, started_at, error=exc, attempt=attempt)
             raise
         if scope.cancel_called:
             if run.cancel_reason is None and run.lease_at < run.timeout_at:
                 run.cancel_reason = CancelReason.LEADERSHIP_LOST  # the lease ran out
             outcome = Outcome.CANCELLED if run.cancel_reason is not None else Outcome.TIMEOUT
-            self._finish(run, outcome, started_at, error=error)
+            self._finish(run, outcome, started_at, error=error, attempt=attempt)
         elif error is not None:
-            self._finish(run, Outcome.ERROR, started_at, error=error)
+            self._finish(run, Outcome.ERROR, started_at, error=error, attempt=attempt)
         else:
-            self._finish(run, Outcome.OK, started_at, result=result)
+            self._finish(run, Outcome.OK, started_at, result=result, attempt=attempt)
+
+    def _retry_wait(self, run: Run, attempt: int) -> float | None:
+        """The wait before the next try, or ``None`` when try ``attempt`` was the last."""
+        retry = self.retry
+        if retry is None or attempt >= retry.attempts or self._nursery is None:
+            return None  # no policy, no tries left, or shutting down
+        wait = retry.wait_after(attempt)
+        if trio.current_time() + wait >= run.retry_until:
+            return None  # a retry never crosses into the next tick
+        return wait
+
+    def _begin_try(self, run: Run, attempt: int, started_at: float) -> None:
+        _current.set(attrs.evolve(_current.get(), attempt=attempt, started_at=started_at))
+        emit(
+            Retrying(job=self.name, run_id=run.run_id, attempt=attempt, started_at=started_at),
+            self.keys,
+        )
+        if self.timeout != math.inf:
+            run.set_deadlines(timeout_at=started_at + self.timeout)
+
+    def _finish_try(self, run: Run, attempt: int, started_at: float, error: BaseException) -> None:
+        """A try failed and another follows: its Finished, and nothing else ends."""
+        emit(
+            Finished(
+                job=self.name,
+                run_id=run.run_id,
+                outcome=Outcome.ERROR,
+                duration=trio.current_time() - started_at,
+                error=error,
+                attempt=attempt,
+                will_retry=True,
+            ),
+            self.keys,
+        )
 
     def _begin(self, run: Run, started_at: float) -> None:
         _current.set(
@@ -317,6 +393,7 @@ class Runs:
         *,
         result: Any = None,
         error: BaseException | None = None,
+        attempt: int = 1,
     ) -> None:
         del self.running[run.run_id]
         self.finished[outcome] = self.finished.get(outcome, 0) + 1
@@ -336,6 +413,7 @@ class Runs:
             result=result,
             error=error,
             cancel_reason=run.cancel_reason if outcome is Outcome.CANCELLED else None,
+            attempt=attempt,
         )
         try:
             emit(event, self.keys)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextvars
 import datetime
 import inspect
+import math
+import random
 import types
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -23,6 +25,7 @@ from . import _options
 from ._cron import UTC, CronSchedule, latest_fire, parse_schedule, utc_now
 from ._events import EventSource, Outcome, Skipped, SkipReason, emit
 from ._options import DelayMode, Mode, Overlap
+from ._retry import Retry, check_retry
 from ._runs import Run, Runs, Statistics
 from ._timer import Alarm
 from .exceptions import NotInManualMode
@@ -34,6 +37,8 @@ _WALL_RECHECK = 30.0
 # Counting missed fire times stops here, so a long suspend of a per-second schedule
 # does not cost a long loop.
 _MAX_MISSED_COUNT = 10_000
+# Jitter with cron= is at most this (seconds): its gaps are the user's concern below it.
+_MAX_CRON_JITTER = 3600.0
 # What a tick returns once it has decided; anything else is the rest of the tick.
 _DECIDED = (Run, Skipped, type(None))
 
@@ -63,8 +68,9 @@ class _State:
     base: float = 0.0
     k: int = 0
     due: float = 0.0
-    # The cron clock: the next fire time, in UTC.
+    # The cron clock: the next fire time, in UTC, and the jitter of its tick.
     fire: datetime.datetime | None = None
+    offset: float = 0.0
     # The parked serve task: woken to await the rest of a tick, or to raise a crash.
     parked: trio.lowlevel.Task | None = None
     rest: _Rest | None = None
@@ -117,6 +123,14 @@ class Periodic(EventSource):
             for jobs that fence their own writes.
         wall_clock: For ``cron``: a zero-argument function returning the wall time as an
             aware ``datetime``, read instead of the system clock (for tests).
+        retry: A :class:`periodic.Retry`: a run whose job raised is tried again within
+            its tick, after a growing wait. Default ``None``: no retry.
+        jitter: Seconds (or a ``timedelta``, or a duration string): each tick is
+            delayed by a random offset in ``[0, jitter)``, drawn per tick; the grid
+            itself never moves. Less than the interval; at most an hour with ``cron``.
+            Default 0.
+        jitter_rng: The ``random.Random`` the offsets come from (a seeded one makes
+            tests exact). Default: one of the job's own.
 
     Raises:
         TypeError: An option has the wrong type, ``run`` is missing, is a coroutine
@@ -146,6 +160,11 @@ class Periodic(EventSource):
     wall_clock: Callable[[], datetime.datetime] | None = attrs.field(
         default=None, converter=_options.check_wall_clock
     )
+    retry: Retry | None = attrs.field(default=None, converter=check_retry)
+    jitter: float = attrs.field(default=0.0, converter=_options.jitter)
+    jitter_rng: random.Random | None = attrs.field(
+        default=None, converter=_options.check_jitter_rng
+    )
 
     _state: _State = attrs.field(init=False, factory=_State)
     _runs: Runs = attrs.field(init=False)
@@ -155,6 +174,8 @@ class Periodic(EventSource):
     _schedule: CronSchedule | None = attrs.field(init=False, default=None)
     # The job this one is a copy of (see copy_job), for event filters.
     _origin: Periodic | None = attrs.field(init=False, default=None)
+    # Where the jitter comes from (made only for a job with jitter: it is 2.5 KB).
+    _rng: random.Random | None = attrs.field(init=False, default=None)
 
     @initial_delay.default
     def _initial_delay_default(self) -> float | None:
@@ -180,6 +201,7 @@ class Periodic(EventSource):
                 object.__setattr__(self, "delay_mode", DelayMode.REGULAR)
             object.__setattr__(self, "_interval", self.every)
             object.__setattr__(self, "_first_delay", self.initial_delay)
+            self._check_jitter()
             return
         if self.every is not None:
             raise ValueError(
@@ -198,6 +220,22 @@ class Periodic(EventSource):
             object.__setattr__(self, "_first_delay", schedule)
         else:
             object.__setattr__(self, "_schedule", schedule)
+        self._check_jitter()
+
+    def _check_jitter(self) -> None:
+        if not self.jitter:
+            return
+        if self._interval is not None and not self.jitter < self._interval:
+            raise ValueError(
+                f"jitter must be less than the interval between ticks ({self._interval:g} s), "
+                f"got jitter={self.jitter!r}"
+            )
+        if self._schedule is not None and self.jitter > _MAX_CRON_JITTER:
+            raise ValueError(
+                f"jitter must be at most {_MAX_CRON_JITTER:g} s (1 hour) with cron=, got "
+                f"jitter={self.jitter!r}"
+            )
+        object.__setattr__(self, "_rng", self.jitter_rng or random.Random())
 
     @name.default
     def _name_default(self) -> str:
@@ -214,6 +252,7 @@ class Periodic(EventSource):
             peer=self.peer,
             cancel_on_leadership_loss=self.cancel_on_leadership_loss,
             keys=(self,),
+            retry=self.retry,
         )
 
     def __repr__(self) -> str:
@@ -324,14 +363,34 @@ class Periodic(EventSource):
         state.ticking = True
         now = trio.current_time()
         if state.fire is not None:
-            wait = (state.fire - self._wall_now()).total_seconds()
+            state.offset = self._draw_offset()
+            wait = (state.fire - self._wall_now()).total_seconds() + state.offset
             if wait > 0:
                 state.next_tick_at = now + wait
             state.alarm.arm(now + min(max(wait, 0.0), _WALL_RECHECK))
         else:
             state.k = 0
-            state.base = state.due = state.next_tick_at = now + self._first_delay
-            state.alarm.arm(state.due)
+            state.base = state.due = now + self._first_delay
+            state.next_tick_at = at = state.due + self._draw_offset()
+            state.alarm.arm(at)
+
+    def _draw_offset(self) -> float:
+        # A tick's jitter: it moves that tick only, never the grid or the next tick.
+        rng = self._rng
+        return 0.0 if rng is None else rng.random() * self.jitter
+
+    def _retry_until(self) -> float:
+        """When the tick after the one now starting a run is due (un-jittered): no retry
+        of the run starts at or after it."""
+        state = self._state
+        if self.retry is None or not state.ticking:
+            return math.inf  # no retries, or a manual tick: no next tick is due
+        if self._schedule is not None:
+            assert state.fire is not None
+            return self._cron_due(self._schedule.next_after(state.fire).astimezone(UTC))
+        if self.delay_mode is DelayMode.SHIFTED:
+            return math.inf  # the next tick waits for the run
+        return state.base + (state.k + 1) * self._every
 
     def _wake(self) -> None:
         task = self._state.parked
@@ -365,7 +424,7 @@ class Periodic(EventSource):
     def _regular_due_now(self) -> None:
         due, _ = self._catch_up_regular()  # (a late wake-up: the missed-tick rule)
         if self._plain:
-            self._runs.spawn(due, None, None)
+            self._runs.spawn(due, None, None, self._retry_until())
         else:
             outcome = self._tick_start(due, self._catch_up_regular, None)
             if not isinstance(outcome, _DECIDED):
@@ -384,9 +443,10 @@ class Periodic(EventSource):
         # than adding every to the last one) keeps float error from accumulating into
         # drift.
         state.k += 1
-        state.due = state.next_tick_at = due = state.base + state.k * self._every
+        state.due = due = state.base + state.k * self._every
+        state.next_tick_at = at = due + self._draw_offset() if self._rng else due
         assert state.alarm is not None
-        state.alarm.arm(due)
+        state.alarm.arm(at)
 
     def _catch_up_regular(self) -> tuple[float, datetime.datetime | None]:
         # Coalesce the ticks this one is late for into one "missed" event; the tick
@@ -425,9 +485,10 @@ class Periodic(EventSource):
         state = self._state
         if not state.ticking:
             return
-        state.due = state.next_tick_at = due = trio.current_time() + self._every
+        state.due = due = trio.current_time() + self._every
+        state.next_tick_at = at = due + self._draw_offset()
         assert state.alarm is not None
-        state.alarm.arm(due)
+        state.alarm.arm(at)
 
     @property
     def _is_async(self) -> bool:
@@ -471,7 +532,7 @@ class Periodic(EventSource):
         assert schedule is not None
         assert state.fire is not None
         assert state.alarm is not None
-        wait = (state.fire - self._wall_now()).total_seconds()
+        wait = (state.fire - self._wall_now()).total_seconds() + state.offset
         if wait > 0:
             now = trio.current_time()
             state.next_tick_at = now + wait
@@ -499,6 +560,7 @@ class Periodic(EventSource):
         assert state.fire is not None
         assert state.alarm is not None
         state.fire = self._schedule.next_after(state.fire).astimezone(UTC)
+        state.offset = self._draw_offset()
         state.alarm.arm(trio.current_time())  # its wait is computed when it comes due
 
     def _catch_up_cron(self) -> tuple[float, datetime.datetime | None]:
@@ -602,7 +664,9 @@ class Periodic(EventSource):
                 return self._tick_stopping(
                     list(running.values()), scheduled_at, catch_up, fire_time
                 )
-        return self._runs.spawn(scheduled_at, None if peer is None else peer.fence, fire_time)
+        return self._runs.spawn(
+            scheduled_at, None if peer is None else peer.fence, fire_time, self._retry_until()
+        )
 
     async def _tick_stopping(
         self,
@@ -622,7 +686,9 @@ class Periodic(EventSource):
         if peer is not None and not peer.is_leader():
             # Leadership was lost while the previous runs unwound.
             return self._skip(SkipReason.NOT_LEADER, scheduled_at)
-        return self._runs.spawn(scheduled_at, None if peer is None else peer.fence, fire_time)
+        return self._runs.spawn(
+            scheduled_at, None if peer is None else peer.fence, fire_time, self._retry_until()
+        )
 
     async def _tick(
         self,

@@ -25,7 +25,16 @@ from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from ._events import Event, Finished, LeadershipChanged, Outcome, Skipped, Started, subscribe
+from ._events import (
+    Event,
+    Finished,
+    LeadershipChanged,
+    Outcome,
+    Retrying,
+    Skipped,
+    Started,
+    subscribe,
+)
 from ._version import __version__
 
 _log = logging.getLogger("periodic")
@@ -148,6 +157,9 @@ class _RunState:
     span: trace.Span | None = None
     token: Token[Context] | None = None
     counted_running: bool = False
+    # For the spans of later tries (retries): the first span's attributes and link.
+    attributes: dict[str, str | int | float] = attrs.field(factory=dict)
+    link: tuple[Link, ...] | None = None
 
 
 # Per-run state lives in a context variable rather than in a dict keyed by (job, run_id):
@@ -234,6 +246,8 @@ class _TelemetrySubscriber:
             self._started(event, state, self._get_instruments())
         elif isinstance(event, Finished):
             self._finished(event)
+        elif isinstance(event, Retrying):
+            self._retrying(event, self._get_instruments())
         elif isinstance(event, Skipped):
             self._skipped(event, self._get_instruments())
         elif isinstance(event, LeadershipChanged):
@@ -263,30 +277,18 @@ class _TelemetrySubscriber:
 
     def _started(self, event: Started, state: _RunState, inst: _Instruments) -> None:
         lateness = event.started_at - event.scheduled_at
-        try:
-            attributes: dict[str, str | int | float] = {
-                "periodic.job": event.job,
-                "periodic.run_id": event.run_id,
-                "periodic.scheduled_at": event.scheduled_at,
-                "periodic.lateness": lateness,
-            }
-            if event.fence is not None:
-                attributes["periodic.fence"] = event.fence
-            ambient = trace.get_current_span().get_span_context()
-            span = inst.tracer.start_span(
-                SPAN_NAME,
-                context=_ROOT,
-                kind=SpanKind.INTERNAL,
-                attributes=attributes,
-                links=(Link(ambient),) if ambient.is_valid else None,
-            )
-            state.span = span
-            # A span the SDK sampled out still has a valid context, which children must
-            # inherit to be sampled out too; the no-op API's has none, and is not attached.
-            if span.get_span_context().is_valid:
-                state.token = otel_context.attach(trace.set_span_in_context(span))
-        except Exception:
-            _contained(event, "starting the run's span")
+        attributes: dict[str, str | int | float] = {
+            "periodic.job": event.job,
+            "periodic.run_id": event.run_id,
+            "periodic.scheduled_at": event.scheduled_at,
+            "periodic.lateness": lateness,
+        }
+        if event.fence is not None:
+            attributes["periodic.fence"] = event.fence
+        state.attributes = attributes
+        ambient = trace.get_current_span().get_span_context()
+        state.link = (Link(ambient),) if ambient.is_valid else None
+        self._start_span(event, state, inst, attributes)
         job_attrs = _attrs(event.job)
         try:
             inst.running.add(1, job_attrs)
@@ -298,11 +300,47 @@ class _TelemetrySubscriber:
         except Exception:
             _contained(event, "recording the tick's lateness")
 
+    def _start_span(
+        self,
+        event: Started | Retrying,
+        state: _RunState,
+        inst: _Instruments,
+        attributes: dict[str, str | int | float],
+    ) -> None:
+        try:
+            span = inst.tracer.start_span(
+                SPAN_NAME,
+                context=_ROOT,
+                kind=SpanKind.INTERNAL,
+                attributes=attributes,
+                links=state.link,
+            )
+            state.span = span
+            # A span the SDK sampled out still has a valid context, which children must
+            # inherit to be sampled out too; the no-op API's has none, and is not attached.
+            if span.get_span_context().is_valid:
+                state.token = otel_context.attach(trace.set_span_in_context(span))
+        except Exception:
+            _contained(event, "starting the run's span")
+
+    def _retrying(self, event: Retrying, inst: _Instruments) -> None:
+        # One span per try: the next try gets a span of its own, like the first's.
+        state = _run_state.get()
+        if state is None or state.job != event.job or state.run_id != event.run_id:
+            return
+        attributes = {**state.attributes, "periodic.attempt": event.attempt}
+        self._start_span(event, state, inst, attributes)
+
     def _finished(self, event: Finished) -> None:
         state = _run_state.get()
         if state is not None and state.job == event.job and state.run_id == event.run_id:
-            _run_state.set(None)
             _end_span(event, state)
+            if event.will_retry:  # the run goes on: counted when its last try ends
+                state.span = state.token = None
+                return
+            _run_state.set(None)
+        elif event.will_retry:
+            return
         else:
             state = None
         inst = self._get_instruments()
@@ -332,6 +370,9 @@ def _end_span(event: Finished, state: _RunState) -> None:
             try:
                 if span.is_recording():
                     span.set_attribute("periodic.outcome", event.outcome.value)
+                    if event.attempt > 1 or event.will_retry:
+                        span.set_attribute("periodic.attempt", event.attempt)
+                        span.set_attribute("periodic.will_retry", event.will_retry)
                     if event.cancel_reason is not None:
                         span.set_attribute("periodic.cancel_reason", event.cancel_reason.value)
                     error = event.error
@@ -350,7 +391,7 @@ def _end_span(event: Finished, state: _RunState) -> None:
 
 
 def _contained(event: Event, doing: str) -> None:
-    run = f" run {event.run_id}" if isinstance(event, (Started, Finished)) else ""
+    run = f" run {event.run_id}" if isinstance(event, (Started, Finished, Retrying)) else ""
     _log.exception(
         "OpenTelemetry raised while %s (job %r%s); the job and the scheduler go on",
         doing,

@@ -14,6 +14,7 @@ from ._events import (
     Event,
     Finished,
     LeadershipChanged,
+    Retrying,
     Skipped,
     Started,
     StoppedPrevious,
@@ -24,11 +25,12 @@ from ._runs import Run
 from ._scheduler import Periodic, copy_job, manual_tick
 from .exceptions import JobNotStarted
 
-E = TypeVar("E", Started, Finished, Skipped, StoppedPrevious, LeadershipChanged)
+E = TypeVar("E", Started, Finished, Retrying, Skipped, StoppedPrevious, LeadershipChanged)
 
 _KINDS: dict[str, type[Any]] = {
     "started": Started,
     "finished": Finished,
+    "retrying": Retrying,
     "skipped": Skipped,
     "stopped_previous": StoppedPrevious,
     "leadership_changed": LeadershipChanged,
@@ -100,15 +102,16 @@ async def sync_tick(job: Periodic, *, timeout: float = 5.0) -> Finished:  # noqa
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     # (trio.fail_after, without its context-manager layer: this is a hot path of tests)
-    with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
+    finished = None
+    with trio.CancelScope(deadline=trio.current_time() + timeout):
         outcome = await manual_tick(job)
         if isinstance(outcome, Skipped):
             raise JobNotStarted(outcome)
         await outcome.done.wait()
-    if scope.cancelled_caught:
+        finished = outcome.finished
+    if finished is None:
         raise trio.TooSlowError
-    assert outcome.finished is not None
-    return outcome.finished
+    return finished
 
 
 class CapturedEvents(Sequence[Event]):
@@ -156,7 +159,7 @@ class CapturedEvents(Sequence[Event]):
     def of(self, kind: str) -> list[Any]: ...
     def of(self, kind: type[E] | str) -> list[E] | list[Any]:
         """The captured events of one kind: a class, or ``"started"``, ``"finished"``,
-        ``"skipped"``, ``"stopped_previous"``, ``"leadership_changed"``.
+        ``"skipped"``, ``"stopped_previous"``, ``"leadership_changed"``, ``"retrying"``.
 
         Raises:
             ValueError: ``kind`` is an unknown name.

@@ -1,7 +1,9 @@
 """The events a scheduler emits, and :func:`subscribe` to receive them.
 
 Every event is a frozen record with a ``job`` field (the job's name). Each run emits
-exactly one :class:`Started` and one :class:`Finished`; each tick that starts no run emits
+exactly one :class:`Started` and one last :class:`Finished` (with a ``retry`` policy, a
+failed try that is tried again ends in a ``Finished(will_retry=True)``, and the next try
+begins with a :class:`Retrying`); each tick that starts no run emits
 one :class:`Skipped`; ``on_overlap="stop_previous"`` emits a :class:`StoppedPrevious` for
 each run it cancels. Peers emit :class:`LeadershipChanged` when they gain or lose the
 leadership of their election.
@@ -13,6 +15,7 @@ from ._events import Finished as Finished
 from ._events import Handler as Handler
 from ._events import LeadershipChanged as LeadershipChanged
 from ._events import Outcome as Outcome
+from ._events import Retrying as Retrying
 from ._events import Skipped as Skipped
 from ._events import SkipReason as SkipReason
 from ._events import Started as Started
@@ -27,6 +30,7 @@ __all__ = [
     "Handler",
     "LeadershipChanged",
     "Outcome",
+    "Retrying",
     "SkipReason",
     "Skipped",
     "Started",
