@@ -156,11 +156,11 @@ class _EventLogger:
         how = str(event.outcome)
         if event.cancel_reason is not None:
             how = f"{how} ({event.cancel_reason})"
-        if event.will_retry:
-            how = f"{how} at try {event.attempt}, will retry"
-        elif event.attempt > 1:
+        if event.attempt > 1 or event.will_retry:
             how = f"{how} at try {event.attempt}"
         msg = "job %r run %d finished %s in %.3fs"
+        if event.will_retry:
+            msg += "; will retry"
         args: tuple[Any, ...] = (event.job, event.run_id, how, event.duration)
         if event.outcome is Outcome.ERROR and event.error is not None:
             msg += ": %r"

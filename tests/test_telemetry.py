@@ -833,3 +833,40 @@ async def test_elections_are_counted_by_result(otel: OTel, tmp_path: Path) -> No
     sums = otel.sums("periodic.peer.elections")
     assert sums[(("periodic.peer", "e"), ("result", "leader"))] >= 1
     assert sums[(("periodic.peer", "e"), ("result", "follower"))] >= 1
+
+
+async def test_each_try_of_a_retried_run_gets_a_span_and_the_run_counts_once(
+    autojump_clock: trio.testing.MockClock, otel: OTel
+) -> None:
+    tries: list[float] = []
+
+    async def job() -> None:
+        tries.append(trio.current_time())
+        with otel.tracer.start_as_current_span("inner"):
+            pass
+        if len(tries) < 3:
+            raise ValueError(f"try {len(tries)}")
+
+    await serve_for(Periodic(run=job, every=10, retry=periodic.Retry(delay=1), name=JOB), 15)
+    spans = otel.spans()
+    assert tries == [10.0, 11.0, 13.0]
+    assert [_attr(s, "periodic.outcome") for s in spans] == ["error", "error", "ok"]
+    assert [dict(s.attributes or {}).get("periodic.attempt") for s in spans] == [1, 2, 3]
+    assert [dict(s.attributes or {}).get("periodic.will_retry") for s in spans] == [
+        True,
+        True,
+        False,
+    ]
+    assert {_attr(s, "periodic.run_id") for s in spans} == {1}
+    assert [s.status.status_code for s in spans] == [
+        StatusCode.ERROR,
+        StatusCode.ERROR,
+        StatusCode.UNSET,
+    ]
+    # The job's own spans are children of the span of their try.
+    inner = otel.spans("inner")
+    assert [s.parent.span_id for s in inner if s.parent] == [
+        s.context.span_id for s in spans if s.context
+    ]
+    assert otel.sums("periodic.runs") == {key(outcome="ok"): 1}
+    assert otel.sums("periodic.running") == {key(): 0}
