@@ -203,12 +203,44 @@ class CronSchedule:
         raise ValueError(f"cron spec {self.spec!r} does not match in the 50 years after {wall}")
 
 
+@attrs.frozen
+class IntervalGrid:
+    """Wall-clock slots ``anchor + k * every`` (k = 0, 1, ...), for interval jobs with a
+    store: the same on every process and across restarts. Computed in whole
+    microseconds, so that every process finds exactly the same slots."""
+
+    anchor: dt.datetime
+    every_us: int
+    tz: dt.tzinfo = UTC
+
+    @classmethod
+    def of(cls, anchor: dt.datetime, every: float) -> IntervalGrid:
+        return cls(_utc(anchor), max(1, round(every * 1_000_000)))
+
+    def next_after(self, wall: dt.datetime) -> dt.datetime:
+        """The first slot strictly after the instant ``wall``."""
+        if wall < self.anchor:
+            return self.anchor
+        elapsed = (_utc(wall) - self.anchor) // dt.timedelta(microseconds=1)
+        k = elapsed // self.every_us + 1
+        return self.anchor + dt.timedelta(microseconds=k * self.every_us)
+
+    def slots(self, after: dt.datetime, until: dt.datetime) -> int:
+        """How many slots are in ``(after, until]``."""
+        first = self.next_after(after)
+        if first > until:
+            return 0
+        return (_utc(until) - first) // dt.timedelta(microseconds=self.every_us) + 1
+
+
 def utc_now() -> dt.datetime:
     """The wall clock now, in UTC."""
     return dt.datetime.now(UTC)
 
 
-def latest_fire(schedule: CronSchedule, fire: dt.datetime, wall: dt.datetime) -> dt.datetime:
+def latest_fire(
+    schedule: CronSchedule | IntervalGrid, fire: dt.datetime, wall: dt.datetime
+) -> dt.datetime:
     """The last fire time of ``schedule`` at or before ``wall``, given ``fire`` at or
     before it (both aware), found by bisection: for a gap of millions of fire times."""
     low, high = fire, wall

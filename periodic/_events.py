@@ -42,6 +42,11 @@ class SkipReason(str, enum.Enum):
     MISSED = "missed"
     #: The job's peer is not the leader of its cluster.
     NOT_LEADER = "not_leader"
+    #: The job's store refused the claim: this slot (or a later one) was claimed already,
+    #: or a run with a higher fence was recorded.
+    CLAIMED = "claimed"
+    #: The job's store failed or timed out while claiming the slot: no run starts unclaimed.
+    STORE_ERROR = "store_error"
 
     def __str__(self) -> str:
         return self.value
@@ -146,7 +151,8 @@ class Skipped:
         reason: Why.
         scheduled_at: When the (first) skipped tick was due.
         count: How many ticks this event stands for: 1, except for ``missed``.
-        error: What the guard raised, for ``guard_error``; else ``None``.
+        error: What the guard raised, for ``guard_error``, or the store's error, for
+            ``store_error``; else ``None``.
     """
 
     job: str

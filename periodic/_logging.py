@@ -33,12 +33,17 @@ _SKIP_LEVELS = {
     SkipReason.GUARD_ERROR: logging.ERROR,
     SkipReason.MISSED: logging.WARNING,
     SkipReason.NOT_LEADER: logging.INFO,
+    # Without a peer, every process but one is refused every slot: not news.
+    SkipReason.CLAIMED: logging.DEBUG,
+    SkipReason.STORE_ERROR: logging.WARNING,
 }
 _SKIP_TEXT = {
     SkipReason.OVERLAP: "skipped a tick: the previous run is still going (on_overlap=ignore)",
     SkipReason.GUARD: "skipped a tick: the when-guard said no",
     SkipReason.GUARD_ERROR: "skipped a tick: the when-guard raised",
     SkipReason.NOT_LEADER: "skipped a tick: this process is not the leader",
+    SkipReason.CLAIMED: "skipped a tick: its slot was claimed already (by another process)",
+    SkipReason.STORE_ERROR: "skipped a tick: the store could not claim its slot",
 }
 
 

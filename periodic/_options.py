@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 if TYPE_CHECKING:
     from .peers._base import Peer
+    from .stores._base import Store
 
 
 class DelayMode(str, enum.Enum):
@@ -289,5 +290,57 @@ def check_jitter_rng(value: random.Random | None) -> random.Random | None:
         raise TypeError(
             f"jitter_rng must be None or a random.Random (e.g. random.Random(42) in tests), "
             f"got {value!r}"
+        )
+    return value
+
+
+class CatchUp(str, enum.Enum):
+    """What a job with a store does with the slots that fell due while no process ran it."""
+
+    #: Run the latest missed slot at once; report the others as missed.
+    LATEST = "latest"
+    #: Run none of them; the next run is the next slot.
+    NONE = "none"
+    #: Run every missed slot within ``catch_up_window``, oldest first, one after another.
+    ALL = "all"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_catch_up = enum_converter("catch_up", CatchUp)
+
+
+def catch_up(value: CatchUp | Literal["latest", "none", "all"]) -> CatchUp:
+    return _catch_up(value)
+
+
+def catch_up_window(value: float | datetime.timedelta | str | None) -> float | None:
+    if value is None:
+        return None
+    accepts = (
+        "None, or a positive, finite number of seconds, a timedelta, or a duration string "
+        "such as '1h'"
+    )
+    if isinstance(value, str):
+        from ._cron import parse_duration
+
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            raise ValueError(f"catch_up_window: {exc}") from None
+    seconds = _seconds("catch_up_window", value, accepts=accepts)
+    if not 0 < seconds < math.inf:
+        raise ValueError(f"catch_up_window must be {accepts}, got {value!r}")
+    return seconds
+
+
+def check_store(value: Store | None) -> Store | None:
+    from .stores._base import Store
+
+    if value is not None and not isinstance(value, Store):
+        raise TypeError(
+            "store must be None or a periodic.stores.Store (MemoryStore, SQLiteStore, "
+            f"PostgresStore, or your own subclass), got {value!r}"
         )
     return value

@@ -12,7 +12,7 @@ import datetime
 import inspect
 import logging
 import math
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger("periodic")
 
+# A run's end is written to its store within this many seconds (stores have their own
+# call time-out; this is for one that has none).
+_RECORD_TIMEOUT = 60.0
 # Worker threads a job's sync runs may hold at once (Trio's own default is 40, shared).
 _THREADS_PER_JOB = 40
 
@@ -49,8 +52,8 @@ class Statistics:
         finished: Finished runs by outcome (``"ok"``, ``"error"``, ``"timeout"``,
             ``"cancelled"``), every outcome present.
         skipped: Skipped ticks by reason (``"overlap"``, ``"guard"``, ``"guard_error"``,
-            ``"missed"``, ``"not_leader"``), every reason present; ``missed`` counts
-            ticks, not events.
+            ``"missed"``, ``"not_leader"``, and for a job with a store ``"claimed"`` and
+            ``"store_error"``), every reason present; ``missed`` counts ticks, not events.
         next_tick_at: When the next automatic tick is due (``trio.current_time()``), or
             ``None`` when not served, in manual mode, or in shifted mode while a run goes on.
     """
@@ -93,6 +96,8 @@ class Run:
     on_done: Callable[[], object] | None = None
     # When the job's next tick is due: no retry starts at or after it.
     retry_until: float = math.inf
+    # Writes the run's end to the job's store (awaited after its last Finished).
+    recorder: Callable[[Finished], Awaitable[None]] | None = None
     # Waiting to try again: shutdown stops such a run at once.
     retry_pending: bool = False
 
@@ -178,6 +183,7 @@ class Runs:
         fence: int | None,
         fire_time: datetime.datetime | None,
         retry_until: float = math.inf,
+        recorder: Callable[[Finished], Awaitable[None]] | None = None,
     ) -> Run | None:
         """Start a run now (its task begins at Trio's next scheduling round); its retries
         must start before ``retry_until``.
@@ -190,6 +196,7 @@ class Runs:
             return None
         run = Run(self._next_run_id, scheduled_at, fence, fire_time, trio.CancelScope(shield=True))
         run.retry_until = retry_until
+        run.recorder = recorder
         self._next_run_id += 1
         self.runs_started += 1
         self.running[run.run_id] = run
@@ -240,7 +247,7 @@ class Runs:
             try:
                 self._begin(run, started_at)
             except Exception as exc:  # a peer's lease_deadline() that raised, say
-                self._finish(run, Outcome.ERROR, started_at, error=exc)
+                await self._end(run, Outcome.ERROR, started_at, None, exc, attempt)
                 return
             # The job runs in the run's scope, which also holds the waits between tries,
             # so that stopping the run stops a waiting retry at once. (One coroutine
@@ -291,11 +298,38 @@ class Runs:
             if run.cancel_reason is None and run.lease_at < run.timeout_at:
                 run.cancel_reason = CancelReason.LEADERSHIP_LOST  # the lease ran out
             outcome = Outcome.CANCELLED if run.cancel_reason is not None else Outcome.TIMEOUT
-            self._finish(run, outcome, started_at, error=error, attempt=attempt)
+            result = None
         elif error is not None:
-            self._finish(run, Outcome.ERROR, started_at, error=error, attempt=attempt)
+            outcome, result = Outcome.ERROR, None
         else:
-            self._finish(run, Outcome.OK, started_at, result=result, attempt=attempt)
+            outcome = Outcome.OK
+        await self._end(run, outcome, started_at, result, error, attempt)
+
+    async def _end(
+        self,
+        run: Run,
+        outcome: Outcome,
+        started_at: float,
+        result: Any,
+        error: BaseException | None,
+        attempt: int,
+    ) -> None:
+        """The run is over: its Finished, then its record (if it keeps one), then done."""
+        recorder = run.recorder
+        if recorder is None:
+            self._finish(run, outcome, started_at, result=result, error=error, attempt=attempt)
+            return
+        try:
+            self._finish(
+                run, outcome, started_at, result=result, error=error, attempt=attempt, done=False
+            )
+            assert run.finished is not None
+            # Even at shutdown: a run's end is written (within the store's own call
+            # time-out; this bound is for a store that has none).
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + _RECORD_TIMEOUT):
+                await recorder(run.finished)
+        finally:
+            self._done(run)
 
     def _retry_wait(self, run: Run, attempt: int) -> float | None:
         """The wait before the next try, or ``None`` when try ``attempt`` was the last."""
@@ -394,6 +428,7 @@ class Runs:
         result: Any = None,
         error: BaseException | None = None,
         attempt: int = 1,
+        done: bool = True,
     ) -> None:
         del self.running[run.run_id]
         self.finished[outcome] = self.finished.get(outcome, 0) + 1
@@ -418,10 +453,15 @@ class Runs:
         try:
             emit(event, self.keys)
         finally:
-            if run._done is not None:
-                run._done.set()
-            if run.on_done is not None:
-                run.on_done()
+            if done:
+                self._done(run)
+
+    @staticmethod
+    def _done(run: Run) -> None:
+        if run._done is not None:
+            run._done.set()
+        if run.on_done is not None:
+            run.on_done()
 
     # -- leadership -----------------------------------------------------------------------
 

@@ -9,9 +9,13 @@ otherwise stays parked and owns the job's runs.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import contextvars
 import datetime
+import functools
 import inspect
+import logging
 import math
 import random
 import types
@@ -22,14 +26,17 @@ import attrs
 import trio
 
 from . import _options
-from ._cron import UTC, CronSchedule, latest_fire, parse_schedule, utc_now
-from ._events import EventSource, Outcome, Skipped, SkipReason, emit
-from ._options import DelayMode, Mode, Overlap
+from ._cron import UTC, CronSchedule, IntervalGrid, latest_fire, parse_schedule, utc_now
+from ._events import EventSource, Finished, Outcome, Skipped, SkipReason, emit
+from ._options import CatchUp, DelayMode, Mode, Overlap
 from ._retry import Retry, check_retry
 from ._runs import Run, Runs, Statistics
 from ._timer import Alarm
 from .exceptions import NotInManualMode
-from .peers._base import Peer
+from .peers._base import Peer, default_node
+from .stores._base import JobState, Store
+
+_log = logging.getLogger("periodic")
 
 # A cron job re-reads the wall clock at least this often (seconds) while it waits, to
 # notice a clock that jumped.
@@ -39,6 +46,12 @@ _WALL_RECHECK = 30.0
 _MAX_MISSED_COUNT = 10_000
 # Jitter with cron= is at most this (seconds): its gaps are the user's concern below it.
 _MAX_CRON_JITTER = 3600.0
+# Missed slots that catch_up="all" runs (within its window) or counts, at most.
+_MAX_CATCH_UP = 100_000
+# Skip reasons only a job with a store can have (its statistics show them).
+_STORE_REASONS = frozenset({SkipReason.CLAIMED, SkipReason.STORE_ERROR})
+# Error texts kept in a store are cut at this length.
+_ERROR_TEXT = 2000
 # What a tick returns once it has decided; anything else is the rest of the tick.
 _DECIDED = (Run, Skipped, type(None))
 
@@ -48,6 +61,8 @@ if TYPE_CHECKING:
     _Outcome: TypeAlias = Run | Skipped | None
     # A tick that has to wait: what is left of it, for the serve task to await.
     _Rest: TypeAlias = Coroutine[Any, Any, _Outcome]
+    # Wall-clock slots: a crontab, or an interval job's grid kept in a store.
+    _Schedule: TypeAlias = CronSchedule | IntervalGrid
     # A missed-tick rule re-applied after a stop_previous wait: the tick's new due time.
     _CatchUp: TypeAlias = Callable[[], tuple[float, datetime.datetime | None]]
 
@@ -68,9 +83,16 @@ class _State:
     base: float = 0.0
     k: int = 0
     due: float = 0.0
-    # The cron clock: the next fire time, in UTC, and the jitter of its tick.
+    # The wall clock's slots (a cron schedule, or an interval grid kept in a store) while
+    # served; then the next fire time, in UTC, and the jitter of its tick.
+    schedule: CronSchedule | IntervalGrid | None = None
     fire: datetime.datetime | None = None
     offset: float = 0.0
+    # Missed slots to run one after another (catch_up="all"), and whether one is ticking.
+    backlog: collections.deque[datetime.datetime] = attrs.field(factory=collections.deque)
+    in_backlog: bool = False
+    # What the store said when leadership was gained: to catch up from at the next wake.
+    replan: JobState | None = None
     # The parked serve task: woken to await the rest of a tick, or to raise a crash.
     parked: trio.lowlevel.Task | None = None
     rest: _Rest | None = None
@@ -151,6 +173,8 @@ class Periodic(EventSource):
     on_overlap: Overlap = attrs.field(default=Overlap.RUN, converter=_options.on_overlap)
     timeout: float = attrs.field(default=None, converter=_options.timeout)
     job_shutdown: float = attrs.field(default=5.0, converter=_options.job_shutdown)
+    # Whether name= was given (a store needs it): set to False by name's default.
+    _name_given: bool = attrs.field(init=False, default=True)
     name: str = attrs.field(converter=_options.check_name)
     mode: Mode = attrs.field(default=Mode.AUTO, converter=_options.mode)
     peer: Peer | None = attrs.field(default=None, converter=_options.check_peer)
@@ -160,6 +184,9 @@ class Periodic(EventSource):
     wall_clock: Callable[[], datetime.datetime] | None = attrs.field(
         default=None, converter=_options.check_wall_clock
     )
+    store: Store | None = attrs.field(default=None, converter=_options.check_store)
+    catch_up: CatchUp = attrs.field(default=CatchUp.LATEST, converter=_options.catch_up)
+    catch_up_window: float | None = attrs.field(default=None, converter=_options.catch_up_window)
     retry: Retry | None = attrs.field(default=None, converter=check_retry)
     jitter: float = attrs.field(default=0.0, converter=_options.jitter)
     jitter_rng: random.Random | None = attrs.field(
@@ -186,6 +213,7 @@ class Periodic(EventSource):
         return DelayMode.REGULAR if self.cron is None else None
 
     def __attrs_post_init__(self) -> None:
+        self._check_store_options()
         if self.every is None and self.cron is None:
             raise TypeError(
                 "Periodic needs a schedule: every= (seconds, a timedelta or a duration "
@@ -222,6 +250,25 @@ class Periodic(EventSource):
             object.__setattr__(self, "_schedule", schedule)
         self._check_jitter()
 
+    def _check_store_options(self) -> None:
+        if self.store is None:
+            if self.catch_up is not CatchUp.LATEST or self.catch_up_window is not None:
+                raise ValueError(
+                    "catch_up and catch_up_window apply only to jobs with a store= (what "
+                    "fell due while no process ran the job is known only to a store)"
+                )
+            return
+        if not self._name_given:
+            raise ValueError(
+                "a job with a store= needs an explicit name=: it is the job's durable "
+                f"identity in the store (got store={self.store!r} and no name)"
+            )
+        if self.catch_up is CatchUp.ALL and self.catch_up_window is None:
+            raise ValueError(
+                "catch_up='all' needs catch_up_window= (seconds): how far back missed "
+                "slots are still run"
+            )
+
     def _check_jitter(self) -> None:
         if not self.jitter:
             return
@@ -239,6 +286,7 @@ class Periodic(EventSource):
 
     @name.default
     def _name_default(self) -> str:
+        object.__setattr__(self, "_name_given", False)
         return _options.default_name(self.run)
 
     @_runs.default
@@ -294,12 +342,24 @@ class Periodic(EventSource):
                 f"{self!r} is already being served; a Periodic can be served by one task "
                 "at a time (make another Periodic to run the job twice)"
             )
-        if self._schedule is not None:
+        store = self.store
+        if store is not None and not store.serving:
+            raise RuntimeError(
+                f"{self!r}: its store {store!r} is not being served; start it first, e.g. "
+                "await nursery.start(store.serve)"
+            )
+        if self._schedule is not None or store is not None:
             self._wall_now()  # a broken wall clock fails here, not inside the nursery
         state.serving = True
         try:
+            record = None
+            state.schedule = self._schedule
+            if store is not None:
+                record = await self._register(store)
             async with trio.open_nursery() as nursery:
                 self._runs.open(nursery)
+                if store is not None and self.peer is not None and self.mode is Mode.AUTO:
+                    nursery.start_soon(self._watch_gains, self.peer, store)
                 try:
                     # Arm, report started, and let go of task_status: holding it for the
                     # scheduler's life would keep nursery.start's machinery alive.
@@ -309,7 +369,7 @@ class Periodic(EventSource):
                         del task_status
                         await trio.sleep_forever()
                     else:
-                        self._arm_first()
+                        self._arm_first(record)
                         task_status.started()
                         del task_status
                         # Parked as cheaply as Trio allows: an idle scheduler is this
@@ -330,6 +390,8 @@ class Periodic(EventSource):
         finally:
             state.serving = False
             state.tick_lock = None
+            state.schedule = None
+            state.backlog.clear()
 
     def statistics(self) -> Statistics:
         """Return a frozen snapshot of this scheduler's counters."""
@@ -339,40 +401,54 @@ class Periodic(EventSource):
             running=len(runs.running),
             finished=types.MappingProxyType({str(k): runs.finished.get(k, 0) for k in Outcome}),
             skipped=types.MappingProxyType(
-                {str(k): self._state.skipped.get(k, 0) for k in SkipReason}
+                {
+                    str(k): self._state.skipped.get(k, 0)
+                    for k in SkipReason
+                    if self.store is not None or k not in _STORE_REASONS
+                }
             ),
             next_tick_at=self._state.next_tick_at,
         )
 
     # -- serving ------------------------------------------------------------------------
 
-    def _arm_first(self) -> None:
+    def _arm_first(self, record: JobState | None) -> None:
         state = self._state
         # Ticks run in the timer's task: give them serve's context, as the runs they
         # start would have had with a scheduler task of their own.
         context = contextvars.copy_context()
         state.fire = None
-        if self._schedule is not None:
+        if state.schedule is not None:
             due_now = self._cron_due_now
-            state.fire = self._first_fire(self._schedule)
         elif self.delay_mode is DelayMode.SHIFTED:
             due_now = self._shifted_due_now
         else:
             due_now = self._regular_due_now
         state.alarm = Alarm(context, due_now, self._crashed)
         state.ticking = True
-        now = trio.current_time()
-        if state.fire is not None:
-            state.offset = self._draw_offset()
-            wait = (state.fire - self._wall_now()).total_seconds() + state.offset
-            if wait > 0:
-                state.next_tick_at = now + wait
-            state.alarm.arm(now + min(max(wait, 0.0), _WALL_RECHECK))
+        if state.schedule is not None:
+            if record is None:
+                state.fire = self._first_fire(state.schedule)
+            else:
+                self._plan_from_store(record)
+            self._arm_for_fire(self._draw_offset())
         else:
             state.k = 0
-            state.base = state.due = now + self._first_delay
+            state.base = state.due = trio.current_time() + self._first_delay
             state.next_tick_at = at = state.due + self._draw_offset()
             state.alarm.arm(at)
+
+    def _arm_for_fire(self, offset: float) -> None:
+        """Arm for ``state.fire`` (jittered by ``offset``), or at once for a backlog."""
+        state = self._state
+        assert state.fire is not None
+        assert state.alarm is not None
+        state.offset = offset
+        now = trio.current_time()
+        wait = (state.fire - self._wall_now()).total_seconds() + offset
+        if wait > 0 and not state.backlog:
+            state.next_tick_at = now + wait
+        state.alarm.arm(now + (0.0 if state.backlog else min(max(wait, 0.0), _WALL_RECHECK)))
 
     def _draw_offset(self) -> float:
         # A tick's jitter: it moves that tick only, never the grid or the next tick.
@@ -385,9 +461,11 @@ class Periodic(EventSource):
         state = self._state
         if self.retry is None or not state.ticking:
             return math.inf  # no retries, or a manual tick: no next tick is due
-        if self._schedule is not None:
+        if state.in_backlog:
+            return -math.inf  # a caught-up slot: the next one follows at once
+        if state.schedule is not None:
             assert state.fire is not None
-            return self._cron_due(self._schedule.next_after(state.fire).astimezone(UTC))
+            return self._cron_due(state.schedule.next_after(state.fire).astimezone(UTC))
         if self.delay_mode is DelayMode.SHIFTED:
             return math.inf  # the next tick waits for the run
         return state.base + (state.k + 1) * self._every
@@ -418,6 +496,154 @@ class Periodic(EventSource):
             state.rest.close()
             state.rest = None
         state.parked = None
+
+    # -- the store: registration and catch-up ------------------------------------------
+
+    async def _register(self, store: Store) -> JobState:
+        """The job's record, made on its first serve; its interval grid, if it has one."""
+        wall = self._wall_now()
+        record = await store.register(
+            self.name,
+            schedule=self._schedule_text(),
+            anchor=wall + datetime.timedelta(seconds=self._first_delay),
+        )
+        if self._schedule is None and self.delay_mode is not DelayMode.SHIFTED:
+            # The grid is the store's: the same on every process and across restarts.
+            self._state.schedule = IntervalGrid.of(record.anchor, self._every)
+        return record
+
+    def _schedule_text(self) -> str:
+        if self.cron is not None:
+            return f"cron {self.cron} {self.tz or 'UTC'}"
+        return f"every {self._every:g}s" + (
+            " shifted" if self.delay_mode is DelayMode.SHIFTED else ""
+        )
+
+    def _plan_from_store(self, record: JobState) -> None:
+        """Set the next fire time from what the store knows: the slots that fell due
+        after the last claimed one and by now were missed, and ``catch_up`` says what
+        becomes of them."""
+        state = self._state
+        schedule = state.schedule
+        assert schedule is not None
+        wall = self._wall_now()
+        last = record.last_slot
+        if last is None:  # a first serve has missed nothing
+            if isinstance(schedule, IntervalGrid) and record.anchor >= wall:
+                state.fire = record.anchor
+            else:
+                state.fire = schedule.next_after(wall).astimezone(UTC)
+            return
+        peer = self.peer
+        if peer is not None and not peer.is_leader():
+            # A follower: the leader catches up; this process does when it gains.
+            state.fire = schedule.next_after(max(last, wall)).astimezone(UTC)
+            return
+        first = schedule.next_after(last).astimezone(UTC)
+        if first > wall:
+            state.fire = first
+            return
+        window = self.catch_up_window
+        oldest_kept = None if window is None else wall - datetime.timedelta(seconds=window)
+        policy = self.catch_up
+        if policy is CatchUp.LATEST:
+            latest = self._latest_slot(schedule, first, wall)
+            if oldest_kept is None or latest >= oldest_kept:
+                # Tick for the oldest: the missed-tick rule moves it to the latest and
+                # reports the others.
+                state.fire = first
+                return
+        missed = self._slots(schedule, first, wall)
+        if policy is CatchUp.ALL:
+            assert oldest_kept is not None
+            kept = [slot for slot in missed if slot >= oldest_kept]
+            dropped = len(missed) - len(kept)
+            state.backlog.extend(kept)
+        else:
+            dropped = len(missed)
+        if dropped:
+            self._skip(SkipReason.MISSED, self._cron_due(first), count=dropped)
+        state.fire = schedule.next_after(wall).astimezone(UTC)
+
+    def _slots(
+        self, schedule: _Schedule, first: datetime.datetime, wall: datetime.datetime
+    ) -> list[datetime.datetime]:
+        """The slots from ``first`` to ``wall``, both included (at most a bounded many)."""
+        slots: list[datetime.datetime] = []
+        slot = first
+        while slot <= wall and len(slots) < _MAX_CATCH_UP:
+            slots.append(slot)
+            slot = schedule.next_after(slot).astimezone(UTC)
+        return slots
+
+    def _latest_slot(
+        self, schedule: _Schedule, first: datetime.datetime, wall: datetime.datetime
+    ) -> datetime.datetime:
+        later = schedule.next_after(first).astimezone(UTC)
+        return first if later > wall else latest_fire(schedule, later, wall)
+
+    def _tick_backlog(self, schedule: _Schedule) -> None:
+        """Tick for the oldest missed slot of ``catch_up="all"``; the next one follows
+        once its run is over."""
+        state = self._state
+        slot = state.backlog.popleft()
+        state.in_backlog = True
+        try:
+            outcome = self._tick_start(self._cron_due(slot), None, slot.astimezone(schedule.tz))
+        finally:
+            state.in_backlog = False
+        if not isinstance(outcome, _DECIDED):
+            self._hand_over(self._backlog_rest(outcome))
+        else:
+            self._after_backlog(outcome)
+
+    async def _backlog_rest(self, rest: _Rest) -> _Outcome:
+        self._state.in_backlog = True
+        try:
+            outcome = await rest
+        finally:
+            self._state.in_backlog = False
+        self._after_backlog(outcome)
+        return outcome
+
+    def _after_backlog(self, outcome: _Outcome) -> None:
+        if isinstance(outcome, Run):
+            outcome.on_done = self._arm_now
+        else:
+            self._arm_now()
+
+    def _arm_now(self) -> None:
+        state = self._state
+        if state.ticking and state.alarm is not None:
+            state.alarm.arm(trio.current_time())
+
+    async def _watch_gains(self, peer: Peer, store: Store) -> None:
+        """When this process gains the leadership, catch up from the store what the
+        cluster missed (a leader that died, a hand-over)."""
+        state = self._state
+        held = peer.fence
+        while True:
+            await peer.wait_change()
+            fence = peer.fence
+            if fence is None or fence == held:
+                held = fence
+                continue
+            held = fence
+            try:
+                record = await store.job(self.name)
+            except Exception as exc:
+                _log.warning(
+                    "job %r: leadership gained, but the store could not say what was missed: %r",
+                    self.name,
+                    exc,
+                    extra={"periodic_job": self.name},
+                )
+                continue
+            if record is None or state.alarm is None:
+                continue
+            state.replan = record
+            if state.alarm.armed:  # (else a tick is under way, and re-arms when done)
+                state.alarm.arm(trio.current_time())
 
     # -- the interval clock ------------------------------------------------------------
 
@@ -513,7 +739,7 @@ class Periodic(EventSource):
             raise TypeError(f"wall_clock must return an aware datetime, got {now!r}")
         return now.astimezone(UTC)
 
-    def _first_fire(self, schedule: CronSchedule) -> datetime.datetime:
+    def _first_fire(self, schedule: _Schedule) -> datetime.datetime:
         wall = self._wall_now()
         fire = schedule.next_after(wall).astimezone(UTC)
         self._state.next_tick_at = trio.current_time() + (fire - wall).total_seconds()
@@ -528,10 +754,16 @@ class Periodic(EventSource):
         the last one fired, a jump backwards never repeats a run.
         """
         state = self._state
-        schedule = self._schedule
+        schedule = state.schedule
         assert schedule is not None
-        assert state.fire is not None
         assert state.alarm is not None
+        if state.replan is not None:  # leadership gained: catch up from the store
+            record, state.replan = state.replan, None
+            self._plan_from_store(record)
+        if state.backlog:
+            self._tick_backlog(schedule)
+            return
+        assert state.fire is not None
         wait = (state.fire - self._wall_now()).total_seconds() + state.offset
         if wait > 0:
             now = trio.current_time()
@@ -556,26 +788,26 @@ class Periodic(EventSource):
 
     def _next_cron(self) -> None:
         state = self._state
-        assert self._schedule is not None
+        assert state.schedule is not None
         assert state.fire is not None
         assert state.alarm is not None
-        state.fire = self._schedule.next_after(state.fire).astimezone(UTC)
+        state.fire = state.schedule.next_after(state.fire).astimezone(UTC)
         state.offset = self._draw_offset()
         state.alarm.arm(trio.current_time())  # its wait is computed when it comes due
 
     def _catch_up_cron(self) -> tuple[float, datetime.datetime | None]:
         # After a stop_previous wait: fire times passed meanwhile are missed too.
         state = self._state
-        assert self._schedule is not None
+        assert state.schedule is not None
         assert state.fire is not None
-        state.fire = self._cron_catch_up(self._schedule, state.fire)
-        return self._cron_due(state.fire), state.fire.astimezone(self._schedule.tz)
+        state.fire = self._cron_catch_up(state.schedule, state.fire)
+        return self._cron_due(state.fire), state.fire.astimezone(state.schedule.tz)
 
     def _cron_due(self, fire: datetime.datetime) -> float:
         """When ``fire`` (a wall-clock time now past) was due, on Trio's clock."""
         return trio.current_time() - (self._wall_now() - fire).total_seconds()
 
-    def _cron_catch_up(self, schedule: CronSchedule, fire: datetime.datetime) -> datetime.datetime:
+    def _cron_catch_up(self, schedule: _Schedule, fire: datetime.datetime) -> datetime.datetime:
         """The latest fire time at or before the wall clock, from ``fire`` (due).
 
         The fire times passed over are reported in one ``Skipped("missed")``; past
@@ -664,9 +896,7 @@ class Periodic(EventSource):
                 return self._tick_stopping(
                     list(running.values()), scheduled_at, catch_up, fire_time
                 )
-        return self._runs.spawn(
-            scheduled_at, None if peer is None else peer.fence, fire_time, self._retry_until()
-        )
+        return self._start_run(scheduled_at, fire_time)
 
     async def _tick_stopping(
         self,
@@ -686,9 +916,86 @@ class Periodic(EventSource):
         if peer is not None and not peer.is_leader():
             # Leadership was lost while the previous runs unwound.
             return self._skip(SkipReason.NOT_LEADER, scheduled_at)
-        return self._runs.spawn(
-            scheduled_at, None if peer is None else peer.fence, fire_time, self._retry_until()
+        outcome = self._start_run(scheduled_at, fire_time)
+        if not isinstance(outcome, _DECIDED):
+            return await outcome
+        return outcome
+
+    def _start_run(
+        self, scheduled_at: float, fire_time: datetime.datetime | None
+    ) -> _Outcome | _Rest:
+        """The last guard, the claim of a job with a store, then the run."""
+        peer = self.peer
+        fence = None if peer is None else peer.fence
+        if self.store is None:
+            return self._runs.spawn(scheduled_at, fence, fire_time, self._retry_until())
+        return self._claim_and_spawn(scheduled_at, fence, fire_time, self._retry_until())
+
+    async def _claim_and_spawn(
+        self,
+        scheduled_at: float,
+        fence: int | None,
+        fire_time: datetime.datetime | None,
+        retry_until: float,
+    ) -> _Outcome:
+        store = self.store
+        assert store is not None
+        wall = self._wall_now()
+        # The slot: a cron fire time or a grid point; else the wall time it was due.
+        slot = (
+            fire_time.astimezone(UTC)
+            if fire_time is not None
+            else wall - datetime.timedelta(seconds=trio.current_time() - scheduled_at)
         )
+        try:
+            key = await store.claim(
+                self.name, slot=slot, node=self._node, fence=fence, started_at=wall
+            )
+        except Exception as exc:  # never run unclaimed
+            return self._skip(SkipReason.STORE_ERROR, scheduled_at, error=exc)
+        if key is None:
+            return self._skip(SkipReason.CLAIMED, scheduled_at)
+        recorder = functools.partial(self._record_end, store, key)
+        run = self._runs.spawn(
+            scheduled_at, fence, fire_time or slot, retry_until, recorder=recorder
+        )
+        if run is None:  # shut down meanwhile: the slot was claimed, and ends unrun
+            with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await store.finish(
+                    self.name,
+                    key,
+                    outcome="cancelled",
+                    finished_at=self._wall_now(),
+                    duration=0.0,
+                    error=None,
+                )
+        return run
+
+    async def _record_end(self, store: Store, key: int, finished: Finished) -> None:
+        error = None
+        if finished.error is not None:
+            error = f"{type(finished.error).__name__}: {finished.error}"[:_ERROR_TEXT]
+        try:
+            await store.finish(
+                self.name,
+                key,
+                outcome=finished.outcome.value,
+                finished_at=self._wall_now(),
+                duration=finished.duration,
+                error=error,
+            )
+        except Exception as exc:  # the run is over either way
+            _log.warning(
+                "job %r: the store could not record the end of run %d: %r",
+                self.name,
+                finished.run_id,
+                exc,
+                extra={"periodic_job": self.name, "periodic_run_id": finished.run_id},
+            )
+
+    @property
+    def _node(self) -> str:
+        return self.peer.node if self.peer is not None else _process_node()
 
     async def _tick(
         self,
@@ -716,6 +1023,12 @@ class Periodic(EventSource):
         )
         emit(event, self._runs.keys)
         return event
+
+
+@functools.cache
+def _process_node() -> str:
+    """This process's node in a store's records, for jobs without a peer."""
+    return default_node()
 
 
 def _abort_park(raise_cancel: Callable[[], NoReturn]) -> trio.lowlevel.Abort:

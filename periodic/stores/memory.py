@@ -1,0 +1,142 @@
+"""An in-process store, for tests: what a durable store does, kept in memory."""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import itertools
+
+import attrs
+import trio
+
+from ._base import FAILURES, JobState, RunRecord, Store, check_history, check_limit
+
+
+@attrs.define(eq=False)
+class _Job:
+    state: JobState
+    max_fence: int | None = None
+    # Run keys, oldest first, with their records and slots.
+    runs: collections.OrderedDict[int, RunRecord] = attrs.field(factory=collections.OrderedDict)
+
+
+class MemoryStore(Store):
+    """A :class:`~periodic.stores.Store` in this process's memory.
+
+    It keeps its claims as a database would, so tests can serve several jobs (or several
+    copies of one) on it, restart them, and read their history; it survives nothing.
+
+    Args:
+        history: Runs kept per job (older ones are pruned as new ones are claimed).
+
+    Raises:
+        TypeError, ValueError: ``history`` is not an int >= 1.
+    """
+
+    def __init__(self, *, history: int = 100) -> None:
+        self._history = check_history(history)
+        self._jobs: dict[str, _Job] = {}
+        self._keys = itertools.count(1)
+        self._serving = False
+
+    def __repr__(self) -> str:
+        return f"<MemoryStore {len(self._jobs)} jobs>"
+
+    @property
+    def serving(self) -> bool:
+        return self._serving
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        if self._serving:
+            raise RuntimeError(f"{self!r} is already being served")
+        self._serving = True
+        try:
+            task_status.started()
+            await trio.sleep_forever()
+        finally:
+            self._serving = False
+
+    async def register(self, name: str, *, schedule: str, anchor: datetime.datetime) -> JobState:
+        await trio.lowlevel.checkpoint()
+        job = self._jobs.get(name)
+        if job is None:
+            job = self._jobs[name] = _Job(JobState(name=name, schedule=schedule, anchor=anchor))
+        elif job.state.schedule != schedule:
+            job.state = attrs.evolve(job.state, schedule=schedule)
+        return job.state
+
+    async def claim(
+        self,
+        name: str,
+        *,
+        slot: datetime.datetime,
+        node: str,
+        fence: int | None,
+        started_at: datetime.datetime,
+    ) -> int | None:
+        await trio.lowlevel.checkpoint()
+        job = self._jobs.get(name)
+        if job is None:
+            raise LookupError(f"job {name!r} is not registered with {self!r}")
+        state = job.state
+        if state.last_slot is not None and slot <= state.last_slot:
+            return None
+        if fence is not None and job.max_fence is not None and fence < job.max_fence:
+            return None
+        if fence is not None:
+            job.max_fence = fence if job.max_fence is None else max(fence, job.max_fence)
+        job.state = attrs.evolve(
+            state, last_slot=slot, last_node=node, last_fence=fence, last_started_at=started_at
+        )
+        key = next(self._keys)
+        job.runs[key] = RunRecord(slot=slot, node=node, fence=fence, started_at=started_at)
+        while len(job.runs) > self._history:
+            job.runs.popitem(last=False)
+        return key
+
+    async def finish(
+        self,
+        name: str,
+        run: int,
+        *,
+        outcome: str,
+        finished_at: datetime.datetime,
+        duration: float,
+        error: str | None,
+    ) -> None:
+        await trio.lowlevel.checkpoint()
+        job = self._jobs.get(name)
+        record = None if job is None else job.runs.get(run)
+        if job is None or record is None:
+            return
+        job.runs[run] = attrs.evolve(
+            record, finished_at=finished_at, outcome=outcome, duration=duration, error=error
+        )
+        state = job.state
+        if record.slot == state.last_slot:
+            failures = state.consecutive_failures + 1 if outcome in FAILURES else 0
+            job.state = attrs.evolve(
+                state,
+                last_outcome=outcome,
+                last_finished_at=finished_at,
+                consecutive_failures=failures,
+            )
+
+    async def jobs(self) -> list[JobState]:
+        await trio.lowlevel.checkpoint()
+        return [self._jobs[name].state for name in sorted(self._jobs)]
+
+    async def job(self, name: str) -> JobState | None:
+        await trio.lowlevel.checkpoint()
+        job = self._jobs.get(name)
+        return None if job is None else job.state
+
+    async def runs(self, name: str, *, limit: int = 20) -> list[RunRecord]:
+        check_limit(limit)
+        await trio.lowlevel.checkpoint()
+        job = self._jobs.get(name)
+        if job is None:
+            return []
+        return list(reversed(job.runs.values()))[:limit]
