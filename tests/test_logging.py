@@ -347,7 +347,8 @@ async def test_configure_logging_rejects_a_bad_level(
 
 def test_the_periodic_logger_has_a_null_handler() -> None:
     handlers = logging.getLogger("periodic").handlers
-    assert [type(h) for h in handlers] == [logging.NullHandler]
+    assert len(handlers) == 1
+    assert isinstance(handlers[0], logging.NullHandler)
 
 
 NOTHING_CONFIGURED_SCRIPT = textwrap.dedent(
@@ -356,16 +357,22 @@ NOTHING_CONFIGURED_SCRIPT = textwrap.dedent(
     import trio, trio.testing
     import periodic
 
-    if sys.argv[1:] == ["no-null-handler"]:
-        logging.getLogger("periodic").handlers.clear()
+    how = sys.argv[1:]
+    if how == ["basic-config"]:
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    elif how == ["last-resort-off"]:
+        logging.lastResort = None
+    elif how == ["child-handler"]:
+        logging.getLogger("periodic").addHandler(logging.StreamHandler(sys.stdout))
 
     async def job():
-        raise ValueError("boom")
+        if periodic.current_run().run_id == 1:
+            raise ValueError("boom")
 
     async def main():
         async with trio.open_nursery() as nursery:
             await nursery.start(periodic.Periodic(run=job, every=1, name="cleanup").serve)
-            await trio.sleep(1.5)
+            await trio.sleep(2.5)
             nursery.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
@@ -373,14 +380,42 @@ NOTHING_CONFIGURED_SCRIPT = textwrap.dedent(
 )
 
 
-def test_an_application_that_configures_no_logging_sees_nothing() -> None:
-    done = run_python(NOTHING_CONFIGURED_SCRIPT)
-    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
-    # Without the NullHandler, Python's last-resort handler would have printed the error.
-    done = run_python(NOTHING_CONFIGURED_SCRIPT.replace("sys.argv[1:]", '["no-null-handler"]'))
+def run_unconfigured(how: str | None = None) -> subprocess.CompletedProcess[str]:
+    script = NOTHING_CONFIGURED_SCRIPT
+    if how is not None:
+        script = script.replace("sys.argv[1:]", repr([how]))
+    return run_python(script)
+
+
+def test_a_failing_job_is_seen_when_the_application_configures_no_logging() -> None:
+    done = run_unconfigured()
+    assert done.returncode == 0
+    assert done.stdout == ""
+    # Python's last-resort handler: the message, then the traceback; runs that went
+    # well (INFO) stay silent.
     assert done.stderr.startswith(
         "job 'cleanup' run 1 finished error in 0.000s: ValueError('boom')\nTraceback"
     )
+    assert done.stderr.endswith("ValueError: boom\n")
+    assert done.stderr.count("boom") == 2  # the message and the exception: once
+    assert "run 2" not in done.stderr
+
+
+def test_a_configured_handler_takes_over_from_the_last_resort() -> None:
+    done = run_unconfigured("basic-config")
+    assert done.returncode == 0
+    assert done.stderr.startswith(
+        "ERROR periodic: job 'cleanup' run 1 finished error in 0.000s: ValueError('boom')\n"
+    )
+    assert done.stderr.count("finished error") == 1  # not once more by the last resort
+    done = run_unconfigured("child-handler")
+    assert done.stdout.count("finished error") == 1
+    assert done.stderr == ""
+
+
+def test_the_last_resort_can_be_silenced_as_usual() -> None:
+    done = run_unconfigured("last-resort-off")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
 
 
 # -- the example on the docs page ------------------------------------------------------
