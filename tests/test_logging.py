@@ -451,6 +451,17 @@ DOCS_DRIVER = textwrap.dedent(
 )
 
 
+def test_the_one_line_set_up_shows_every_run() -> None:
+    done = run_python(docs_block("basic-config") + DOCS_DRIVER)
+    assert done.returncode == 0, done.stderr
+    shown = [line for line in done.stderr.splitlines() if line.startswith("INFO:periodic:")]
+    assert shown[:2] == [
+        "INFO:periodic:job 'cleanup' run 1 started, 0.000s after it was due",
+        "INFO:periodic:job 'cleanup' run 1 finished ok in 0.250s",
+    ]
+    assert "ERROR:periodic:job 'cleanup' run 2 finished error in 0.250s" in done.stderr
+
+
 def test_the_logging_example_prints_what_the_docs_show() -> None:
     done = run_python(docs_block("logging-config") + DOCS_DRIVER)
     assert done.returncode == 0, done.stderr
