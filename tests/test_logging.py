@@ -23,6 +23,7 @@ import trio.testing
 
 import periodic
 from periodic import Periodic
+from periodic.peers import LocalPeer
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = "cleanup"
@@ -227,6 +228,52 @@ async def test_a_tick_the_guard_refused_is_info(
     await serve_for(1.5, Periodic(run=sleep_forever, every=1, when=lambda: False, name=JOB))
     assert lines(caplog) == [("INFO", "job 'cleanup' skipped a tick: the when-guard said no")]
     assert fields(records(caplog)[0])["periodic_reason"] == "guard"
+
+
+async def test_a_follower_skips_each_tick_at_debug_only(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    peer = LocalPeer(leader=False, name="cluster", node="n2")
+    job = Periodic(run=sleep_forever, every=1, peer=peer, name=JOB)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(peer.serve)
+        await serve_for(3.5, job)
+        nursery.cancel_scope.cancel()
+    assert (
+        lines(caplog)
+        == [("DEBUG", "job 'cleanup' skipped a tick: this process is not the leader")] * 3
+    )
+    assert fields(records(caplog)[0])["periodic_reason"] == "not_leader"
+
+
+async def test_leadership_is_news_and_only_a_lost_lease_is_a_warning(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    peer = LocalPeer(name="cluster", node="n1")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(peer.serve)
+        peer.set_leader(False, reason="lease expired: no renewal in time")
+        peer.set_leader(True, reason="elected")
+        nursery.cancel_scope.cancel()  # a clean stop
+    assert lines(caplog) == [
+        ("INFO", "peer 'n1' is now leader of 'cluster' with fence 1 (served)"),
+        (
+            "WARNING",
+            "peer 'n1' lost the leadership of 'cluster' (fence 1): "
+            "lease expired: no renewal in time",
+        ),
+        ("INFO", "peer 'n1' is now leader of 'cluster' with fence 2 (elected)"),
+        ("INFO", "peer 'n1' lost the leadership of 'cluster' (fence 2): stopped"),
+    ]
+    assert fields(records(caplog)[3]) == {
+        "periodic_event": "LeadershipChanged",
+        "periodic_job": None,
+        "periodic_peer": "cluster",
+        "periodic_node": "n1",
+        "periodic_fence": 2,
+        "periodic_leader": None,
+        "periodic_reason": "stopped",
+    }
 
 
 async def test_a_guard_that_raises_is_logged_at_error_with_its_traceback(

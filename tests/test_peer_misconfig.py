@@ -449,3 +449,37 @@ async def test_the_longest_election_name_is_announced_on_release(pg: str, pg_tab
     finally:
         leader.close()
         follower.close()
+
+
+def test_a_lasting_error_is_seen_when_the_application_configures_no_logging(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        import trio
+        from periodic.peers import SQLitePeer
+
+        async def main():
+            peer = SQLitePeer({str(tmp_path / "p.db")!r}, name="e", ttl=1.0, create_table=False)
+            with trio.move_on_after(0.5):
+                await peer.serve()
+
+        trio.run(main)
+        """
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "election 'e' failed (this needs a fix" in done.stderr
+    assert "no such table: periodic_peers" in done.stderr
