@@ -244,8 +244,8 @@ def parse_schedule(spec: str, tz: str | dt.tzinfo | None = None) -> CronSchedule
     elif len(words) in (5, 6):
         expression = " ".join(words)
     else:
-        fields = f"{len(words)} field{'' if len(words) == 1 else 's'}"
-        raise ValueError(f"bad cron spec {spec!r}: {fields}; expected {_SPEC_ACCEPTS}")
+        found = f"{len(words)} field{'' if len(words) == 1 else 's'}"
+        raise ValueError(f"bad cron spec {spec!r}: {found}; expected {_SPEC_ACCEPTS}")
     cronsim = _cronsim()
     try:
         cronsim.CronSim(expression, dt.datetime(2000, 1, 1))

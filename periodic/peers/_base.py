@@ -184,6 +184,7 @@ class PeerBase(Peer):
             return
         self._is_leader = True
         self._leader = self._node
+        self._logged_leader = None  # once it follows again, say whom, whoever it is
         self._fence = fence
         emit(
             LeadershipChanged(

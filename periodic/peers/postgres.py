@@ -111,11 +111,6 @@ class _PostgresBackend(LeaseBackend):
         """``user@host:port/dbname`` from the DSN, without the password."""
         return db.describe(self._params, self._scrubber)
 
-    @property
-    def qualified_table(self) -> str | None:
-        """``schema.table`` once found at first use, else ``None``."""
-        return None if self._qualified is None else ".".join(self._qualified)
-
     # -- connections ----------------------------------------------------------------------
 
     def _connect(self) -> db.Connection:
