@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import psycopg
@@ -299,9 +301,6 @@ def test_a_new_kind_of_fault_is_reported_at_once_and_a_new_streak_starts_afresh(
 
 def test_the_module_keeps_psycopg_out_of_sqlite_backends() -> None:
     # The shared part and the SQLite part import no driver but sqlite3.
-    import subprocess
-    import sys
-
     code = (
         "import sys, periodic._db, periodic._db.sqlite, periodic.peers.sqlite; "
         "print('psycopg' in sys.modules)"

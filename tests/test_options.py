@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
+import periodic
 from periodic import DelayMode, Mode, Overlap, Periodic
 
 
@@ -250,3 +252,23 @@ def test_an_error_quoted_in_the_docs_is_the_one_raised(page: str, call: str, sho
     # "..." in the docs stands for a part of the message left out.
     pattern = ".*".join(re.escape(part) for part in shown.split("..."))
     assert re.fullmatch(pattern, raised, flags=re.S), f"{page}: {raised!r}"
+
+
+async def test_a_timeout_shorter_than_every_leaves_stop_previous_nothing_to_stop(
+    autojump_clock: Any,
+) -> None:
+    # As the options page says: each run is cancelled by its timeout before the next tick.
+    from periodic.events import Event, Finished, StoppedPrevious
+
+    async def hang() -> None:
+        await trio.sleep_forever()
+
+    seen: list[Event] = []
+    job = Periodic(run=hang, every=10, timeout=5, on_overlap="stop_previous")
+    with periodic.subscribe(seen.append, job=job):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(job.serve)
+            await trio.sleep(45)
+            nursery.cancel_scope.cancel()
+    assert not [e for e in seen if isinstance(e, StoppedPrevious)]
+    assert [e.outcome for e in seen if isinstance(e, Finished)] == ["timeout"] * 4

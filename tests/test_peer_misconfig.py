@@ -14,6 +14,9 @@ import logging
 import os
 import socket
 import sqlite3
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -454,10 +457,6 @@ async def test_the_longest_election_name_is_announced_on_release(pg: str, pg_tab
 def test_a_lasting_error_is_seen_when_the_application_configures_no_logging(
     tmp_path: Path,
 ) -> None:
-    import subprocess
-    import sys
-    import textwrap
-
     script = textwrap.dedent(
         f"""
         import trio

@@ -195,6 +195,13 @@ class LeasePeer(PeerBase):
     async def serve(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
+        """Take part in the election until cancelled; on the way out, hand leadership over.
+
+        Raises:
+            RuntimeError: The peer is already being served.
+            DatabaseConfigError: A call failed, before any had succeeded, with an error the
+                backend calls fatal: a configuration that can never work.
+        """
         self._begin_serving()
         self._claim = f"{self._node}/{secrets.token_hex(4)}"
         self._draining = False
