@@ -405,6 +405,7 @@ async def test_a_slow_peer_does_not_keep_everyone_from_leading(tmp_path: Path) -
                 await trio.sleep(0.02)
         assert not slow.is_leader()
         nursery.cancel_scope.cancel()
+    await trio.sleep(0.6)  # the slow peer's last, abandoned call ends within the test
 
 
 # -- options ----------------------------------------------------------------------------------

@@ -56,11 +56,12 @@ class FailureStreak:
 
     first_repeat: float = 10.0
     longest: float = 3600.0
-    attempts: int = 0
-    began: float = 0.0
-    _fault: Fault | None = None
-    _next_report: float = -math.inf
-    _interval: float = 0.0
+    #: Failures so far in this streak, and when its first one was.
+    attempts: int = attrs.field(default=0, init=False)
+    began: float = attrs.field(default=0.0, init=False)
+    _fault: Fault | None = attrs.field(default=None, init=False)
+    _next_report: float = attrs.field(default=-math.inf, init=False)
+    _interval: float = attrs.field(default=0.0, init=False)
 
     def failed(self, now: float, fault: Fault) -> bool:
         """Count one failure at ``now``; whether to report it."""
