@@ -2,7 +2,7 @@
 
 Everything here is pure and clock-free: the scheduler reads the wall clock and asks
 :meth:`CronSchedule.next_after` when to fire next. Specs are parsed by ``cronsim`` (the
-``periodic[cron]`` extra), imported only when a cron spec is parsed, so that
+``trio-periodic[cron]`` extra), imported only when a cron spec is parsed, so that
 :func:`parse_duration` works without it.
 """
 
@@ -84,7 +84,7 @@ def _cronsim() -> ModuleType:
         import cronsim
     except ImportError:
         raise ImportError(
-            "cron specs need the cronsim package: pip install 'periodic[cron]'"
+            "cron specs need the cronsim package: pip install 'trio-periodic[cron]'"
         ) from None
     return cronsim
 
@@ -295,7 +295,8 @@ def parse_schedule(spec: str, tz: str | dt.tzinfo | None = None) -> CronSchedule
     elif len(words) in (5, 6):
         expression = " ".join(words)
     else:
-        raise ValueError(f"bad cron spec {spec!r}: {len(words)} fields; expected {_SPEC_ACCEPTS}")
+        found = f"{len(words)} field{'' if len(words) == 1 else 's'}"
+        raise ValueError(f"bad cron spec {spec!r}: {found}; expected {_SPEC_ACCEPTS}")
     cronsim = _cronsim()
     try:
         cronsim.CronSim(expression, dt.datetime(2000, 1, 1))

@@ -24,16 +24,50 @@ from ._events import (
     subscribe,
 )
 
+
+class _NullHandler(logging.NullHandler):
+    """The library's ``NullHandler``, which still lets warnings and errors be seen.
+
+    A ``NullHandler`` keeps a library's records from reaching Python's last-resort
+    handler (stderr), which otherwise shows any warning no handler took. That would hide
+    a failing job from an application that configured no logging at all: so when this
+    handler is the only one a record meets, it hands the record to
+    ``logging.lastResort`` itself. Any handler the application adds, anywhere on the
+    record's way up, takes over; ``logging.lastResort = None`` silences it as usual.
+    """
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        last_resort = logging.lastResort
+        if (
+            last_resort is not None
+            and record.levelno >= last_resort.level
+            and not self._others_on_the_way(record)
+        ):
+            last_resort.handle(record)
+        return True
+
+    def _others_on_the_way(self, record: logging.LogRecord) -> bool:
+        # Python's own test before it falls back to lastResort: any handler at all.
+        current: logging.Logger | None = logging.getLogger(record.name)
+        while current is not None:
+            if any(handler is not self for handler in current.handlers):
+                return True
+            current = current.parent if current.propagate else None
+        return False
+
+
 logger = logging.getLogger("periodic")
-logger.addHandler(logging.NullHandler())
+logger.addHandler(_NullHandler())
 
 _SKIP_LEVELS = {
     SkipReason.OVERLAP: logging.INFO,
     SkipReason.GUARD: logging.INFO,
     SkipReason.GUARD_ERROR: logging.ERROR,
     SkipReason.MISSED: logging.WARNING,
-    SkipReason.NOT_LEADER: logging.INFO,
-    # Without a peer, every process but one is refused every slot: not news.
+    # A follower skips every tick: news only when debugging. Who leads is logged by the
+    # peer, when it changes.
+    SkipReason.NOT_LEADER: logging.DEBUG,
+    # Without a peer, every process but one is refused every slot: not news either.
     SkipReason.CLAIMED: logging.DEBUG,
     SkipReason.STORE_ERROR: logging.WARNING,
 }
@@ -107,8 +141,9 @@ class _EventLogger:
             )
         else:
             holder = f"; leader now {event.leader!r}" if event.leader else ""
+            # A clean stop is news; a lost lease (an error, an expiry) is a warning.
             self._log(
-                logging.WARNING,
+                logging.INFO if event.reason == "stopped" else logging.WARNING,
                 event,
                 "peer %r lost the leadership of %r (fence %s): %s%s",
                 (event.node, event.name, event.fence, event.reason, holder),
@@ -232,9 +267,11 @@ _subscription: Subscription | None = subscribe(_event_logger)
 def configure_logging(*, enabled: bool = True, level: int | str = logging.NOTSET) -> None:
     """Switch the built-in event logger on or off, or raise its threshold.
 
-    By default every event becomes a record on the ``periodic`` logger (which has only a
-    ``NullHandler``: nothing shows unless the application configures logging). This
-    changes what ``periodic`` produces without touching the logging tree.
+    By default every event becomes a record on the ``periodic`` logger. That logger has
+    only a ``NullHandler``: nothing shows unless the application configures logging,
+    except warnings and errors (a failed run), which go to Python's last-resort handler
+    (stderr) while no handler is configured anywhere. This changes what ``periodic``
+    produces without touching the logging tree.
 
     Args:
         enabled: ``False`` stops producing records at all.

@@ -1,6 +1,6 @@
 """pytest fixtures for testing periodic jobs, registered through the ``pytest11`` entry point.
 
-The async fixture needs pytest-trio (``pip install 'periodic[pytest]'``).
+The async fixture needs pytest-trio (``pip install 'trio-periodic[pytest]'``).
 """
 
 from __future__ import annotations

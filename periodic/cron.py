@@ -1,6 +1,6 @@
 """Fixed-time schedules: crontab specs, time zones, DST, and duration strings.
 
-Needs the ``periodic[cron]`` extra (``cronsim``) for cron specs; :func:`parse_duration`
+Needs the ``trio-periodic[cron]`` extra (``cronsim``) for cron specs; :func:`parse_duration`
 works without it.
 """
 

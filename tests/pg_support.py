@@ -62,7 +62,7 @@ def require_postgres() -> str:
     try:
         import psycopg
     except ImportError:
-        _unavailable("psycopg is not installed (pip install 'periodic[postgres]')")
+        _unavailable("psycopg is not installed (pip install 'trio-periodic[postgres]')")
     target = dsn()
     try:
         with psycopg.connect(target, connect_timeout=3, autocommit=True) as conn:

@@ -23,6 +23,7 @@ import trio.testing
 
 import periodic
 from periodic import Periodic
+from periodic.peers import LocalPeer
 from periodic.testing import serve_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -223,6 +224,52 @@ async def test_a_tick_the_guard_refused_is_info(
     assert fields(records(caplog)[0])["periodic_reason"] == "guard"
 
 
+async def test_a_follower_skips_each_tick_at_debug_only(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    peer = LocalPeer(leader=False, name="cluster", node="n2")
+    job = Periodic(run=sleep_forever, every=1, peer=peer, name=JOB)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(peer.serve)
+        await serve_for(job, 3.5)
+        nursery.cancel_scope.cancel()
+    assert (
+        lines(caplog)
+        == [("DEBUG", "job 'cleanup' skipped a tick: this process is not the leader")] * 3
+    )
+    assert fields(records(caplog)[0])["periodic_reason"] == "not_leader"
+
+
+async def test_leadership_is_news_and_only_a_lost_lease_is_a_warning(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    peer = LocalPeer(name="cluster", node="n1")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(peer.serve)
+        peer.set_leader(False, reason="lease expired: no renewal in time")
+        peer.set_leader(True, reason="elected")
+        nursery.cancel_scope.cancel()  # a clean stop
+    assert lines(caplog) == [
+        ("INFO", "peer 'n1' is now leader of 'cluster' with fence 1 (served)"),
+        (
+            "WARNING",
+            "peer 'n1' lost the leadership of 'cluster' (fence 1): "
+            "lease expired: no renewal in time",
+        ),
+        ("INFO", "peer 'n1' is now leader of 'cluster' with fence 2 (elected)"),
+        ("INFO", "peer 'n1' lost the leadership of 'cluster' (fence 2): stopped"),
+    ]
+    assert fields(records(caplog)[3]) == {
+        "periodic_event": "LeadershipChanged",
+        "periodic_job": None,
+        "periodic_peer": "cluster",
+        "periodic_node": "n1",
+        "periodic_fence": 2,
+        "periodic_leader": None,
+        "periodic_reason": "stopped",
+    }
+
+
 async def test_a_guard_that_raises_is_logged_at_error_with_its_traceback(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -341,7 +388,8 @@ async def test_configure_logging_rejects_a_bad_level(
 
 def test_the_periodic_logger_has_a_null_handler() -> None:
     handlers = logging.getLogger("periodic").handlers
-    assert [type(h) for h in handlers] == [logging.NullHandler]
+    assert len(handlers) == 1
+    assert isinstance(handlers[0], logging.NullHandler)
 
 
 NOTHING_CONFIGURED_SCRIPT = textwrap.dedent(
@@ -350,16 +398,22 @@ NOTHING_CONFIGURED_SCRIPT = textwrap.dedent(
     import trio, trio.testing
     import periodic
 
-    if sys.argv[1:] == ["no-null-handler"]:
-        logging.getLogger("periodic").handlers.clear()
+    how = sys.argv[1:]
+    if how == ["basic-config"]:
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    elif how == ["last-resort-off"]:
+        logging.lastResort = None
+    elif how == ["child-handler"]:
+        logging.getLogger("periodic").addHandler(logging.StreamHandler(sys.stdout))
 
     async def job():
-        raise ValueError("boom")
+        if periodic.current_run().run_id == 1:
+            raise ValueError("boom")
 
     async def main():
         async with trio.open_nursery() as nursery:
             await nursery.start(periodic.Periodic(run=job, every=1, name="cleanup").serve)
-            await trio.sleep(1.5)
+            await trio.sleep(2.5)
             nursery.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
@@ -367,14 +421,42 @@ NOTHING_CONFIGURED_SCRIPT = textwrap.dedent(
 )
 
 
-def test_an_application_that_configures_no_logging_sees_nothing() -> None:
-    done = run_python(NOTHING_CONFIGURED_SCRIPT)
-    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
-    # Without the NullHandler, Python's last-resort handler would have printed the error.
-    done = run_python(NOTHING_CONFIGURED_SCRIPT.replace("sys.argv[1:]", '["no-null-handler"]'))
+def run_unconfigured(how: str | None = None) -> subprocess.CompletedProcess[str]:
+    script = NOTHING_CONFIGURED_SCRIPT
+    if how is not None:
+        script = script.replace("sys.argv[1:]", repr([how]))
+    return run_python(script)
+
+
+def test_a_failing_job_is_seen_when_the_application_configures_no_logging() -> None:
+    done = run_unconfigured()
+    assert done.returncode == 0
+    assert done.stdout == ""
+    # Python's last-resort handler: the message, then the traceback; runs that went
+    # well (INFO) stay silent.
     assert done.stderr.startswith(
         "job 'cleanup' run 1 finished error in 0.000s: ValueError('boom')\nTraceback"
     )
+    assert done.stderr.endswith("ValueError: boom\n")
+    assert done.stderr.count("boom") == 2  # the message and the exception: once
+    assert "run 2" not in done.stderr
+
+
+def test_a_configured_handler_takes_over_from_the_last_resort() -> None:
+    done = run_unconfigured("basic-config")
+    assert done.returncode == 0
+    assert done.stderr.startswith(
+        "ERROR periodic: job 'cleanup' run 1 finished error in 0.000s: ValueError('boom')\n"
+    )
+    assert done.stderr.count("finished error") == 1  # not once more by the last resort
+    done = run_unconfigured("child-handler")
+    assert done.stdout.count("finished error") == 1
+    assert done.stderr == ""
+
+
+def test_the_last_resort_can_be_silenced_as_usual() -> None:
+    done = run_unconfigured("last-resort-off")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
 
 
 # -- the example on the docs page ------------------------------------------------------
@@ -408,6 +490,17 @@ DOCS_DRIVER = textwrap.dedent(
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     """
 )
+
+
+def test_the_one_line_set_up_shows_every_run() -> None:
+    done = run_python(docs_block("basic-config") + DOCS_DRIVER)
+    assert done.returncode == 0, done.stderr
+    shown = [line for line in done.stderr.splitlines() if line.startswith("INFO:periodic:")]
+    assert shown[:2] == [
+        "INFO:periodic:job 'cleanup' run 1 started, 0.000s after it was due",
+        "INFO:periodic:job 'cleanup' run 1 finished ok in 0.250s",
+    ]
+    assert "ERROR:periodic:job 'cleanup' run 2 finished error in 0.250s" in done.stderr
 
 
 def test_the_logging_example_prints_what_the_docs_show() -> None:

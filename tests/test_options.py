@@ -5,10 +5,14 @@ from __future__ import annotations
 import datetime
 import functools
 import math
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
+import periodic
 from periodic import DelayMode, Mode, Overlap, Periodic
 
 
@@ -211,3 +215,60 @@ def test_enum_values_read_as_their_strings() -> None:
     assert str(Overlap.STOP_PREVIOUS) == "stop_previous"
     assert str(Mode.MANUAL) == "manual"
     assert Overlap("ignore") is Overlap.IGNORE
+
+
+def test_a_one_word_cron_spec_is_one_field() -> None:
+    with pytest.raises(ValueError, match=r"bad cron spec 'x': 1 field; expected 5 fields"):
+        Periodic(run=job, cron="x")
+    with pytest.raises(ValueError, match=r"bad cron spec 'a b': 2 fields; expected 5 fields"):
+        Periodic(run=job, cron="a b")
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def quoted_errors() -> list[tuple[str, str, str]]:
+    """Each ``% raised-by: <call>`` of the docs, with the error text block after it."""
+    found = []
+    for page in sorted(DOCS.glob("*.md")):
+        text = page.read_text(encoding="utf-8")
+        for call, shown in re.findall(
+            r"^% raised-by: (.+)\n```text\n(.*?)\n```$", text, flags=re.M | re.S
+        ):
+            found.append((page.name, call, shown))
+    return found
+
+
+def test_the_docs_quote_errors() -> None:
+    assert {page for page, _, _ in quoted_errors()} >= {"options.md", "cron.md"}
+
+
+@pytest.mark.parametrize(("page", "call", "shown"), quoted_errors())
+def test_an_error_quoted_in_the_docs_is_the_one_raised(page: str, call: str, shown: str) -> None:
+    namespace = {"Periodic": Periodic, "cleanup": job}
+    with pytest.raises(Exception) as info:  # noqa: PT011  (any error: its text is checked)
+        eval(call, namespace)
+    raised = f"{type(info.value).__name__}: {info.value}"
+    # "..." in the docs stands for a part of the message left out.
+    pattern = ".*".join(re.escape(part) for part in shown.split("..."))
+    assert re.fullmatch(pattern, raised, flags=re.S), f"{page}: {raised!r}"
+
+
+async def test_a_timeout_shorter_than_every_leaves_stop_previous_nothing_to_stop(
+    autojump_clock: Any,
+) -> None:
+    # As the options page says: each run is cancelled by its timeout before the next tick.
+    from periodic.events import Event, Finished, StoppedPrevious
+
+    async def hang() -> None:
+        await trio.sleep_forever()
+
+    seen: list[Event] = []
+    job = Periodic(run=hang, every=10, timeout=5, on_overlap="stop_previous")
+    with periodic.subscribe(seen.append, job=job):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(job.serve)
+            await trio.sleep(45)
+            nursery.cancel_scope.cancel()
+    assert not [e for e in seen if isinstance(e, StoppedPrevious)]
+    assert [e.outcome for e in seen if isinstance(e, Finished)] == ["timeout"] * 4

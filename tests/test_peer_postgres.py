@@ -463,14 +463,19 @@ async def test_a_stopped_peer_can_be_served_again(pg_dsn: str, pg_table: str) ->
         ("peers; DROP TABLE x", ValueError),
         ('peers"', ValueError),
         ("1peers", ValueError),
-        ("public.peers", ValueError),
+        ("public.peers.x", ValueError),
+        ("public.", ValueError),
+        (".peers", ValueError),
+        ("public.1peers", ValueError),
         ("", ValueError),
         ("p" * 64, ValueError),
         (b"peers", TypeError),
         (None, TypeError),
     ],
 )
-def test_table_must_be_a_plain_identifier(table: object, error: type[Exception]) -> None:
+def test_table_must_be_an_identifier_or_schema_dot_identifier(
+    table: object, error: type[Exception]
+) -> None:
     with pytest.raises(error, match="table"):
         PostgresPeer(
             "postgresql://postgres@127.0.0.1/test",

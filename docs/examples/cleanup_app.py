@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import logging
 
 import trio
 
@@ -35,3 +36,14 @@ def cleanup_job(store: SessionStore, *, mode: str = "auto") -> Periodic:
         return store.delete_expired(trio.current_time())
 
     return Periodic(run=cleanup, every=60, when=is_midnight, name="cleanup", mode=mode)
+
+
+async def main() -> None:
+    """Production: serve the job until the program is stopped."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cleanup_job(SessionStore()).serve)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)  # see each run, and any run that fails
+    trio.run(main)

@@ -8,7 +8,9 @@ paused for longer than the lease) cannot overwrite the work of the leader after 
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import sys
 from contextlib import closing
 
 import trio
@@ -60,3 +62,9 @@ async def main(path: str, *, ttl: float = 30.0, every: float = 3600.0) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(peer.serve)  # one peer can guard many jobs
         await nursery.start(rollup_job(peer, path, every=every).serve)
+
+
+if __name__ == "__main__":
+    # Each process logs when it becomes leader, which process it follows, and its runs.
+    logging.basicConfig(level=logging.INFO)
+    trio.run(main, sys.argv[1])  # the same absolute path in every process

@@ -42,11 +42,10 @@ def _positive_int(text: str) -> int:
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)-7s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--ticks", type=_positive_int, default=6, help="how many ticks to run (default: 6)"
     )
     args = parser.parse_args()
-    logging.basicConfig(format="%(levelname)-7s %(name)s: %(message)s")
-    logging.getLogger("periodic").setLevel(logging.INFO)
     trio.run(main, args.ticks)

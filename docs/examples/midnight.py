@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable
+
+import trio
 
 from periodic import Periodic
 
@@ -31,3 +34,13 @@ def with_guard(now: Clock = utc_now) -> Periodic:
 def with_cron(now: Clock = utc_now) -> Periodic:
     """periodic's way: one run at midnight, on the wall clock, whatever the drift."""
     return Periodic(run=cleanup, cron="@midnight", tz="UTC", wall_clock=now, name="cleanup")
+
+
+async def main() -> None:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(with_cron().serve)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)  # see each run, and any run that fails
+    trio.run(main)

@@ -1,3 +1,5 @@
+import logging
+
 import trio
 
 from periodic import Periodic
@@ -14,4 +16,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)  # see each run, and any run that fails
     trio.run(main)

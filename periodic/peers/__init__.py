@@ -2,13 +2,18 @@
 
 ``Periodic(peer=...)`` starts a run only while its peer leads its election. Backends:
 :class:`LocalPeer` (in-process, set by hand: for tests), :class:`SQLitePeer` (processes on
-one host) and :class:`PostgresPeer` (many hosts; needs ``periodic[postgres]``).
+one host) and :class:`PostgresPeer` (many hosts; needs ``trio-periodic[postgres]``).
+A database peer whose configuration cannot work fails its ``serve`` with
+:class:`DatabaseConfigError`; :class:`Fault` is how a :class:`LeaseBackend` says how
+lasting an error is.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .._db import DatabaseConfigError as DatabaseConfigError
+from .._db import Fault as Fault
 from ._base import LocalPeer as LocalPeer
 from ._base import Peer as Peer
 from ._base import PeerBase as PeerBase
@@ -20,6 +25,8 @@ if TYPE_CHECKING:
     from .sqlite import SQLitePeer as SQLitePeer
 
 __all__ = [
+    "DatabaseConfigError",
+    "Fault",
     "LeaseBackend",
     "LeasePeer",
     "LocalPeer",

@@ -110,22 +110,28 @@ class PeerBase(Peer):
         name: The election's name: peers with the same name elect one leader.
         node: This process's identity; default ``host:pid:random``.
 
+    Both are stored in databases and sent in notifications: each must be valid UTF-8,
+    without NUL characters, and at most :attr:`MAX_NAME_BYTES` bytes long in UTF-8.
+
     Raises:
-        TypeError, ValueError: ``name`` or ``node`` is not a non-empty str.
+        TypeError, ValueError: ``name`` or ``node`` is not a non-empty str of that kind.
     """
+
+    #: The longest ``name`` or ``node``, in bytes of UTF-8: well within what a
+    #: PostgreSQL index entry and a ``NOTIFY`` payload (8000 bytes) can hold.
+    MAX_NAME_BYTES = 1024
 
     def __init__(self, *, name: str, node: str | None = None) -> None:
         for option, value in (("name", name), ("node", node)):
             if value is None and option == "node":
                 continue
-            if not isinstance(value, str):
-                raise TypeError(f"{option} must be a non-empty str, got {value!r}")
-            if not value.strip():
-                raise ValueError(f"{option} must be a non-empty str, got {value!r}")
+            _check_name(option, value, self.MAX_NAME_BYTES)
         self._name = name
         self._node = node if node is not None else default_node()
         self._is_leader = False
         self._leader: str | None = None
+        # The other node last logged as leader, so a follower says who leads only on news.
+        self._logged_leader: str | None = None
         self._fence: int | None = None
         self._changed = trio.Event()
         self._lease_moved = trio.Event()
@@ -198,6 +204,7 @@ class PeerBase(Peer):
             return
         self._is_leader = True
         self._leader = self._node
+        self._logged_leader = None  # once it follows again, say whom, whoever it is
         self._fence = fence
         emit(
             LeadershipChanged(
@@ -214,6 +221,15 @@ class PeerBase(Peer):
     def _set_follower(self, leader: str | None, reason: str) -> None:
         """This node does not lead; ``leader`` is who does, if known."""
         self._leader = leader
+        if leader is not None and leader != self._node and leader != self._logged_leader:
+            self._logged_leader = leader
+            _log.info(
+                "peer %r follows %r in election %r",
+                self._node,
+                leader,
+                self._name,
+                extra={"periodic_peer": self._name, "periodic_leader": leader},
+            )
         if not self._is_leader:
             return
         fence = self._fence
@@ -255,6 +271,20 @@ class PeerBase(Peer):
     def _end_serving(self, reason: str = "stopped") -> None:
         self._set_follower(None if self._leader == self._node else self._leader, reason)
         self._served = False
+
+
+def _check_name(option: str, value: object, max_bytes: int) -> None:
+    accepts = f"a non-empty str of valid UTF-8 without NUL, at most {max_bytes} bytes"
+    if not isinstance(value, str):
+        raise TypeError(f"{option} must be {accepts}, got {value!r}")
+    if not value.strip() or "\0" in value:
+        raise ValueError(f"{option} must be {accepts}, got {value!r}")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:  # lone surrogates, as os.fsdecode makes of bad bytes
+        raise ValueError(f"{option} must be {accepts}, got {value!r}") from None
+    if size > max_bytes:
+        raise ValueError(f"{option} must be {accepts}, got {size} bytes")
 
 
 class LocalPeer(PeerBase):

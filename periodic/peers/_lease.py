@@ -12,6 +12,7 @@ import logging
 import math
 import random
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 import trio
 
 from .. import _telemetry
+from .._db import DatabaseConfigError, FailureStreak, Fault
 from ._base import PeerBase
 
 _log = logging.getLogger("periodic")
@@ -33,7 +35,7 @@ class LeaseBackend(abc.ABC):
     be abandoned by the peer when it takes too long and still be running when the next
     one starts waiting; a backend keeps its own connection and reconnects after errors.
     Every method may raise any :class:`Exception`: the peer treats it as "not leader"
-    and retries with backoff.
+    and retries with backoff, or stops at once when :meth:`fault` calls it fatal.
 
     Rules every backend keeps:
 
@@ -65,6 +67,16 @@ class LeaseBackend(abc.ABC):
         own (connecting, locks, statements) below it. Called once, by the peer."""
         return  # by default a backend has no waits of its own to bound
 
+    def fault(self, exc: Exception) -> Fault:
+        """How lasting ``exc``, raised by a call of this backend, is.
+
+        :attr:`Fault.FATAL` before any call has succeeded makes the peer's ``serve``
+        fail with :class:`DatabaseConfigError`; :attr:`Fault.PERSISTENT` is logged at
+        ERROR, again at growing intervals while it lasts; :attr:`Fault.TRANSIENT` at
+        WARNING. The default: fatal for a :class:`DatabaseConfigError`, else transient.
+        """
+        return Fault.FATAL if isinstance(exc, DatabaseConfigError) else Fault.TRANSIENT
+
     def wait_released(self, name: str, timeout: float) -> bool:
         """Block for at most ``timeout`` seconds for news that the lease was released.
 
@@ -86,12 +98,18 @@ class LeasePeer(PeerBase):
     until ``t + ttl - margin`` unless a later renewal succeeds: since the database
     computes the expiry from a time after ``t``, a partitioned leader steps down before
     anyone else can take over. Any error means "not leader" at once, and a retry with
-    backoff; the election never stops by itself.
+    backoff, and never ends the election by itself, but for a configuration that cannot
+    work (:meth:`LeaseBackend.fault`): then ``serve`` fails at once, if no call has
+    succeeded since it started.
+
+    A call abandoned at ``call_timeout`` runs on in its thread; if it wins the lease after
+    all, the peer releases the row at once (and logs it), so that a slow peer never holds
+    a lease nobody renews.
 
     Args:
         backend: Runs the statements.
         name: The election's name.
-        ttl: Lease length in seconds; > 0.
+        ttl: Lease length in seconds, from 1 to 86 400 (a day).
         node: This process's identity; default ``host:pid:random``.
         margin: Seconds the local belief ends before the lease; default ``ttl / 10``.
             0 <= margin < ttl / 2.
@@ -101,6 +119,12 @@ class LeasePeer(PeerBase):
     Raises:
         TypeError, ValueError: An option is out of range.
     """
+
+    #: The range of ``ttl``: below a second, renewals would crowd the database and
+    #: never leave room for a call; above a day, a dead leader would block its job
+    #: for longer than any use of a lease.
+    MIN_TTL = 1.0
+    MAX_TTL = 86400.0
 
     def __init__(
         self,
@@ -113,7 +137,11 @@ class LeasePeer(PeerBase):
         call_timeout: float | None = None,
     ) -> None:
         super().__init__(name=name, node=node)
-        self._ttl = _positive("ttl", ttl)
+        self._ttl = _seconds("ttl", ttl)
+        if not self.MIN_TTL <= self._ttl <= self.MAX_TTL:
+            raise ValueError(
+                f"ttl must be from {self.MIN_TTL:g} to {self.MAX_TTL:g} seconds, got {ttl!r}"
+            )
         self._margin = self._ttl / 10 if margin is None else _seconds("margin", margin)
         if not 0 <= self._margin < self._ttl / 2:
             raise ValueError(f"margin must be >= 0 and < ttl / 2, got {margin!r}")
@@ -130,7 +158,9 @@ class LeasePeer(PeerBase):
         self._limiter = trio.CapacityLimiter(1)
         self._lease_until = -math.inf
         self._renewed = trio.Event()
-        self._failures = 0
+        self._failures = FailureStreak()
+        # Whether a call has succeeded since serve began: until then, a fatal fault ends it.
+        self._succeeded = False
         # Whether the row may still name this node: set by a won election, cleared only
         # when the database names another holder (not by errors or a local expiry).
         self._held = False
@@ -165,24 +195,59 @@ class LeasePeer(PeerBase):
     async def serve(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
+        """Take part in the election until cancelled; on the way out, hand leadership over.
+
+        Raises:
+            RuntimeError: The peer is already being served.
+            DatabaseConfigError: A call failed, before any had succeeded, with an error the
+                backend calls fatal: a configuration that can never work.
+        """
         self._begin_serving()
         self._claim = f"{self._node}/{secrets.token_hex(4)}"
         self._draining = False
+        self._succeeded = False
+        self._failures = FailureStreak()
+        fatal: DatabaseConfigError | None = None
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watchdog)
                 task_status.started()
-                await self._elect_forever()
+                try:
+                    await self._elect_forever()
+                except DatabaseConfigError as exc:
+                    fatal = exc
+                    nursery.cancel_scope.cancel()
         finally:
             await self._stop()
+        if fatal is not None:
+            raise fatal  # by itself, not in the group of the nursery above
 
     # -- the election ---------------------------------------------------------------------
 
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a worker thread, one at a time; abandoned when cancelled."""
+        return await trio.to_thread.run_sync(
+            fn, *args, limiter=self._limiter, abandon_on_cancel=True
+        )
+
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         with trio.fail_after(self._call_timeout):
-            return await trio.to_thread.run_sync(
-                fn, *args, limiter=self._limiter, abandon_on_cancel=True
-            )
+            return await self._in_thread(fn, *args)
+
+    async def _acquire(self) -> tuple[str, int] | None:
+        attempt = _Attempt(self._backend, self._name, self._claim, self._ttl, self._node)
+        try:
+            return await self._call(attempt.run)
+        except BaseException as exc:
+            finished, row = attempt.abandon()
+            if not finished:
+                raise  # the thread, if any, releases what it may still win
+            # It finished as it was abandoned: in time, only just. Take the answer.
+            if row is not None and row[0] == self._claim:
+                self._held = True
+            if isinstance(exc, trio.TooSlowError):
+                return row
+            raise
 
     async def _elect_forever(self) -> None:
         half = self._ttl / 2
@@ -190,19 +255,19 @@ class LeasePeer(PeerBase):
             sent = trio.current_time()
             boot_sent = _boot_clock()
             try:
-                row = await self._call(self._backend.acquire, self._name, self._claim, self._ttl)
+                row = await self._acquire()
             except Exception as exc:
                 _telemetry.record_election(self._name, "error")
                 await self._failed(exc)
                 continue
-            if self._failures:
+            self._succeeded = True
+            if self._failures.attempts:
                 _log.info(
                     "peer %r: election %r reachable again after %d failed attempt(s)",
                     self._node,
                     self._name,
-                    self._failures,
+                    self._failures.succeeded(),
                 )
-                self._failures = 0
             leading = row is not None and row[0] == self._claim
             _telemetry.record_election(self._name, "leader" if leading else "follower")
             self._held = leading
@@ -228,19 +293,57 @@ class LeasePeer(PeerBase):
                 self._set_follower(holder, f"{holder!r} holds the lease" if holder else "lost")
                 await self._wait_retry(half * random.uniform(0.75, 1.0))
 
+    def _fault(self, exc: Exception) -> Fault:
+        try:
+            fault = self._backend.fault(exc)
+        except Exception:  # a backend's judgement must not end the election
+            return Fault.TRANSIENT
+        return fault if isinstance(fault, Fault) else Fault.TRANSIENT
+
     async def _failed(self, exc: Exception) -> None:
-        self._failures += 1
-        self._lease_until = -math.inf
-        self._set_follower(None, f"error: {exc!r}")
-        if self._failures == 1:
-            _log.warning(
-                "peer %r: election %r failed, not leader until it succeeds again: %r",
+        fault = self._fault(exc)
+        if fault is Fault.FATAL and not self._succeeded:
+            _log.error(
+                "peer %r: election %r cannot work as configured, serve stops: %s",
                 self._node,
                 self._name,
                 exc,
+                extra={"periodic_peer": self._name, "periodic_node": self._node},
             )
+            if isinstance(exc, DatabaseConfigError):
+                raise exc
+            raise DatabaseConfigError(
+                f"election {self._name!r} cannot work as configured ({type(exc).__name__}): {exc}"
+            ) from exc
+        self._lease_until = -math.inf
+        self._set_follower(None, f"error: {exc!r}")
+        streak = self._failures
+        now = trio.current_time()
+        if streak.failed(now, fault):
+            so_far = (
+                ""
+                if streak.attempts == 1
+                else f"; {streak.attempts} attempts in {now - streak.began:.0f} s"
+            )
+            _log.log(
+                logging.WARNING if fault is Fault.TRANSIENT else logging.ERROR,
+                "peer %r: election %r failed (%s%s), not leader until it succeeds again: %r",
+                self._node,
+                self._name,
+                _FAULT_TEXT[fault],
+                so_far,
+                exc,
+                extra={
+                    "periodic_peer": self._name,
+                    "periodic_node": self._node,
+                    "periodic_fault": fault.value,
+                    "periodic_attempts": streak.attempts,
+                },
+            )
+        else:
+            _log.debug("peer %r: election %r failed again: %r", self._node, self._name, exc)
         # 0.25 s, 0.5 s, 1 s, … capped at ttl / 2, each with jitter.
-        delay = min(self._ttl / 2, 0.25 * 2 ** min(self._failures - 1, 16))
+        delay = min(self._ttl / 2, 0.25 * 2 ** min(streak.attempts - 1, 16))
         await trio.sleep(delay * random.uniform(0.5, 1.0))
 
     async def _wait_retry(self, delay: float) -> None:
@@ -327,6 +430,69 @@ class LeasePeer(PeerBase):
         with trio.move_on_at(self._lease_until):
             await self._wait_idle()
         return not self._in_flight
+
+
+_FAULT_TEXT = {
+    Fault.TRANSIENT: "retrying",
+    Fault.PERSISTENT: "this needs a fix: a grant, a table, a file's permissions; retrying",
+    Fault.FATAL: "this configuration worked before; retrying",
+}
+
+
+class _Attempt:
+    """One acquire in a worker thread, and what becomes of it when the peer stops waiting.
+
+    The peer abandons a call at ``call_timeout`` (or when it is cancelled), but the
+    thread runs on, and its statement may still win the lease: a row that names this
+    node, that nobody renews, and that keeps every other node out until it expires. The
+    thread releases such a win itself, before the peer's next call can start (calls hold
+    the peer's one thread slot until they return).
+    """
+
+    def __init__(self, backend: LeaseBackend, name: str, claim: str, ttl: float, node: str):
+        self._backend = backend
+        self._name = name
+        self._claim = claim
+        self._ttl = ttl
+        self._node = node
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._finished = False
+        self._row: tuple[str, int] | None = None
+
+    def run(self) -> tuple[str, int] | None:
+        """In the worker thread: acquire, then release a win nobody waits for."""
+        row = self._backend.acquire(self._name, self._claim, self._ttl)
+        with self._lock:
+            if not self._abandoned:
+                self._finished, self._row = True, row
+                return row
+        if row is not None and row[0] == self._claim:
+            try:
+                self._backend.release(self._name, self._claim)
+            except Exception as exc:
+                _log.warning(
+                    "peer %r: an abandoned call won the lease of %r after all, and releasing "
+                    "it failed (it expires by itself): %r",
+                    self._node,
+                    self._name,
+                    exc,
+                )
+            else:
+                _log.warning(
+                    "peer %r: an abandoned call won the lease of %r after all (slower than "
+                    "call_timeout); released it",
+                    self._node,
+                    self._name,
+                )
+        return row
+
+    def abandon(self) -> tuple[bool, tuple[str, int] | None]:
+        """In Trio, when the call ends without its answer: whether the thread had
+        finished all the same, and its answer."""
+        with self._lock:
+            self._abandoned = True
+            return self._finished, self._row
 
 
 def _node_of(claim: str) -> str:

@@ -2,57 +2,62 @@
 
 from __future__ import annotations
 
+import logging
 import os
-import re
 import sqlite3
 import threading
 
+from .._db import Fault, table_name
+from .._db import sqlite as db
 from ._lease import LeaseBackend, LeasePeer
 
 __all__ = ["SQLitePeer"]
 
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_log = logging.getLogger("periodic")
+
 # The host's clock, as SQLite reads it: seconds since the epoch, with fractions.
 _NOW = "((julianday('now') - 2440587.5) * 86400.0)"
-
-
-def check_table(table: object) -> str:
-    if not isinstance(table, str):
-        raise TypeError(f"table must be a str, got {table!r}")
-    if not _IDENTIFIER.fullmatch(table):
-        raise ValueError(
-            f"table must be a plain SQL identifier (letters, digits, _; not starting with "
-            f"a digit; at most 63 characters), got {table!r}"
-        )
-    return table
+_CREATE = (
+    "CREATE TABLE IF NOT EXISTS {table} ("
+    "name TEXT PRIMARY KEY, node TEXT NOT NULL, "
+    "epoch INTEGER NOT NULL, expires_at REAL NOT NULL)"
+)
+# The affinities an existing table must give its columns: a TEXT expires_at would
+# compare as text with the clock, and no lease would ever end.
+_COLUMNS = {
+    "name": ("TEXT",),
+    "node": ("TEXT",),
+    "epoch": ("INTEGER",),
+    "expires_at": ("REAL", "NUMERIC"),
+}
 
 
 class _SQLiteBackend(LeaseBackend):
     def __init__(self, path: str, table: str, create_table: bool) -> None:
         self._path = path
+        self._name = table
         # Quoted: a valid identifier may still be an SQL keyword ("order").
         self._table = f'"{table}"'
         self._busy_timeout = 5.0
         self._create_table = create_table
+        self._checked = False
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            conn = sqlite3.connect(
-                self._path,
-                timeout=self._busy_timeout,
-                isolation_level=None,
-                check_same_thread=False,
-            )
+            conn = db.connect(self._path, self._busy_timeout)
             try:
-                conn.execute("PRAGMA journal_mode=WAL")
-                if self._create_table:
-                    conn.execute(
-                        f"CREATE TABLE IF NOT EXISTS {self._table} ("
-                        "name TEXT PRIMARY KEY, node TEXT NOT NULL, "
-                        "epoch INTEGER NOT NULL, expires_at REAL NOT NULL)"
+                if not self._checked:
+                    db.find_table(
+                        conn,
+                        self._name,
+                        columns=_COLUMNS,
+                        key="name",
+                        create=_CREATE if self._create_table else None,
                     )
+                    self._checked = True
+                    _log.info("SQLite leases are in %s, table %s", self._path, self._name)
             except BaseException:
                 conn.close()
                 raise
@@ -108,6 +113,9 @@ class _SQLiteBackend(LeaseBackend):
         # Waiting for another process's write lock counts against the call's own time.
         self._busy_timeout = seconds
 
+    def fault(self, exc: Exception) -> Fault:
+        return db.fault(exc)
+
     def close(self) -> None:
         with self._lock:
             self._drop()
@@ -120,10 +128,17 @@ class SQLitePeer(LeasePeer):
     host's clock, which all processes on the host share. Followers poll every ``ttl / 2``
     (with jitter); a leader that stops expires its lease so the next poll takes over.
 
+    The path is made absolute when the peer is made, so processes started in different
+    directories share one file; ``":memory:"`` and ``""`` (a database of each connection's
+    own) are refused. ``serve`` fails with :class:`~periodic.peers.DatabaseConfigError`
+    when the file's directory does not exist or an existing table has the wrong shape; a
+    read-only file, one that is not a database, or a missing table with
+    ``create_table=False`` is logged at ERROR while the peer retries.
+
     Args:
-        path: The database file (made if missing). Give every process the same path.
+        path: The database file (made if missing). Give every process the same file.
         name: The election's name: peers with the same name elect one leader.
-        ttl: Lease length in seconds (default 30).
+        ttl: Lease length in seconds (default 30; from 1 to 86 400).
         node: This process's identity; default ``host:pid:random``.
         table: The table of leases (default ``periodic_peers``); a plain identifier.
         create_table: Create the table on first use if it is missing (default ``True``).
@@ -146,15 +161,18 @@ class SQLitePeer(LeasePeer):
         margin: float | None = None,
         call_timeout: float | None = None,
     ) -> None:
-        if not isinstance(path, (str, os.PathLike)):
-            raise TypeError(f"path must be a str or os.PathLike, got {path!r}")
+        self._path = db.absolute_path(path)
         if not isinstance(create_table, bool):
             raise TypeError(f"create_table must be a bool, got {create_table!r}")
-        self._path = os.fspath(path)
-        backend = _SQLiteBackend(self._path, check_table(table), create_table)
+        backend = _SQLiteBackend(self._path, table_name(table, qualified=False).name, create_table)
         super().__init__(
             backend, name=name, ttl=ttl, node=node, margin=margin, call_timeout=call_timeout
         )
+
+    @property
+    def path(self) -> str:
+        """The database file, absolute."""
+        return self._path
 
     def __repr__(self) -> str:
         state = "leader" if self._is_leader else "follower"

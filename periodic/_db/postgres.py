@@ -1,0 +1,358 @@
+"""PostgreSQL for every backend: DSNs and their passwords, connections bounded in time,
+how lasting an error is, and how a table is found and checked."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import threading
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, TypeVar
+from urllib.parse import quote, quote_plus, unquote, urlsplit
+
+import psycopg
+from psycopg import errors, sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import TupleRow
+
+from . import DatabaseConfigError, Fault, TableName, check_shape
+
+T = TypeVar("T")
+Connection = psycopg.Connection[TupleRow]
+
+
+# -- DSNs -------------------------------------------------------------------------------------
+
+# Where a password may sit in a connection string, parsed or not.
+_URI_PASSWORD = re.compile(r"(://[^:/?#@\s]*:)[^@\s]*@")
+_KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S+)", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"[?&]password=([^&#\s]*)", re.IGNORECASE)
+_URI_USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)@")
+_BARE_PASSWORD = re.compile(r"password\s+([^=\s]\S*)", re.IGNORECASE)
+_QUOTED = re.compile(r'"([^"]*)"')
+_DSN_FORMS = (
+    'keyword=value pairs such as "host=db dbname=app user=app", or a URI such as '
+    '"postgresql://app@db/app"'
+)
+
+
+class Scrubber:
+    """Takes a DSN's password out of text and exceptions, also when the DSN is malformed."""
+
+    def __init__(self, dsn: str) -> None:
+        found: set[str] = set()
+        with contextlib.suppress(Exception):
+            password = conninfo_to_dict(dsn).get("password")
+            if password:
+                found.add(str(password))
+        # Unparsable DSNs too: anything that sits where a password could.
+        userinfo = _URI_USERINFO.match(dsn)
+        if userinfo and ":" in userinfo[1]:
+            found.add(userinfo[1].split(":", 1)[1])
+        for pattern in (_QUERY_PASSWORD, _KEYWORD_PASSWORD, _BARE_PASSWORD):
+            found.update(m[m.lastindex or 0].strip("'") for m in pattern.finditer(dsn))
+        with contextlib.suppress(Exception):
+            raw = urlsplit(dsn).password
+            if raw:
+                found.add(raw)
+        for secret in list(found):
+            found.update({unquote(secret), quote(secret, safe=""), quote_plus(secret)})
+        self._secrets = sorted((s for s in found if s), key=len, reverse=True)
+
+    def text(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        text = _URI_PASSWORD.sub(r"\1***@", text)
+        return _KEYWORD_PASSWORD.sub(r"\1***", text)
+
+    def quoted_pieces(self, text: str) -> str:
+        """``text`` with every quoted piece that overlaps a possible password masked.
+
+        libpq quotes the part of a DSN it could not parse, which may be a piece of the
+        password; the others (a keyword, a host) stay readable.
+        """
+
+        def mask(match: re.Match[str]) -> str:
+            piece = match[1]
+            if len(piece) > 1 and any(piece in s or s in piece for s in self._secrets):
+                return '"***"'
+            return match[0]
+
+        return _QUOTED.sub(mask, self.text(text))
+
+    def error(self, exc: Exception) -> Exception:
+        """``exc``, or a fresh exception of its type whose message names no password.
+
+        A psycopg error is always remade: its ``pgconn`` attribute holds the password.
+        """
+        message = self.text(str(exc).strip())
+        if isinstance(exc, psycopg.Error):
+            try:
+                return type(exc)(message)
+            except Exception:
+                return psycopg.OperationalError(message)
+        if message == str(exc).strip():
+            return exc
+        return RuntimeError(f"{type(exc).__name__}: {message}")
+
+
+def parse_dsn(dsn: str) -> tuple[dict[str, Any], Scrubber]:
+    """The DSN's parameters, and a scrubber for its password.
+
+    Raises:
+        ValueError: libpq cannot parse it; the message says where, without the password.
+    """
+    scrubber = Scrubber(dsn)
+    try:
+        return conninfo_to_dict(dsn), scrubber
+    except Exception as exc:
+        message = scrubber.quoted_pieces(str(exc).strip())
+    # Outside the except block: the original error may name the password.
+    raise ValueError(f"dsn is not a valid connection string: {message} (expected {_DSN_FORMS})")
+
+
+def describe(params: Mapping[str, Any], scrubber: Scrubber) -> str:
+    """``user@host:port/dbname`` from a parsed DSN, without the password."""
+    where = f"{params.get('host') or ''}" + (f":{params['port']}" if params.get("port") else "")
+    user = f"{params['user']}@" if params.get("user") else ""
+    db = f"/{params['dbname']}" if params.get("dbname") else ""
+    return scrubber.text(f"{user}{where}{db}")
+
+
+# libpq and the kernel take these as C ints; Linux caps TCP keepalive times at 32767 s.
+_INT_MAX = 2**31 - 1
+_KEEPALIVE_MAX = 32767
+
+
+def _clamp(value: float, low: int, high: int) -> int:
+    return max(low, min(high, math.ceil(min(value, high))))
+
+
+def conninfo(
+    dsn: str, params: Mapping[str, Any], call_timeout: float, *, application_name: str
+) -> tuple[str, str]:
+    """The conninfo that bounds one call by about ``call_timeout`` (connecting, a dead
+    server), and the ``statement_timeout`` to set; the DSN's own options win.
+
+    Every derived time-out is clamped to what libpq and the kernel accept.
+    """
+    ms = _clamp(call_timeout * 1000, 1, _INT_MAX)
+    defaults: dict[str, Any] = {
+        "connect_timeout": _clamp(call_timeout, 2, _INT_MAX),  # libpq's minimum is 2
+        "keepalives": 1,
+        "keepalives_idle": _clamp(call_timeout, 1, _KEEPALIVE_MAX),
+        "keepalives_interval": _clamp(call_timeout / 4, 1, _KEEPALIVE_MAX),
+        "keepalives_count": 3,
+        "tcp_user_timeout": ms,
+        "fallback_application_name": application_name,
+    }
+    info = make_conninfo(dsn, **{k: v for k, v in defaults.items() if k not in params})
+    return info, f"{ms}ms"
+
+
+def connect(info: str, statement_timeout: str) -> Connection:
+    """An autocommit connection whose statements are cut off after ``statement_timeout``,
+    in READ COMMITTED (a stricter default would turn a lost race into an error)."""
+    conn = psycopg.connect(info, autocommit=True, prepare_threshold=None)
+    try:
+        conn.execute(
+            "SELECT set_config('statement_timeout', %s, false), "
+            "set_config('default_transaction_isolation', 'read committed', false)",
+            (statement_timeout,),
+        )
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+class Link:
+    """One connection, used by one call at a time, dropped after any error.
+
+    The lock matters when a caller abandons a call that is still running in its thread.
+    """
+
+    def __init__(self, connect: Callable[[], Connection]) -> None:
+        self._connect = connect
+        self._conn: Connection | None = None
+        self._lock = threading.Lock()
+        self._drop_when_done = False
+
+    def run(self, fn: Callable[[Connection], T], timeout: float) -> T:
+        """``fn(connection)``, on a new connection when the one it reused was broken."""
+        if not self._lock.acquire(timeout=timeout):
+            raise TimeoutError("an earlier call on this connection is still running")
+        try:
+            reused = self._conn is not None and not self._conn.closed
+            if not reused:
+                self._drop()
+                self._conn = self._connect()
+            assert self._conn is not None
+            try:
+                return fn(self._conn)
+            except psycopg.OperationalError:
+                # An idle connection the server dropped (restart, pg_terminate_backend)
+                # fails the next call: try once more on a new one. Every call here may
+                # run twice: the statements are idempotent.
+                broken = self._conn.broken
+                self._drop()
+                if not (reused and broken):
+                    raise
+            except BaseException:
+                self._drop()
+                raise
+            self._conn = self._connect()
+            try:
+                return fn(self._conn)
+            except BaseException:
+                self._drop()
+                raise
+        finally:
+            if self._drop_when_done:
+                self._drop_when_done = False
+                self._drop()
+            self._lock.release()
+
+    def close(self, timeout: float) -> None:
+        """Close the connection; the next call opens a new one."""
+        if self._lock.acquire(timeout=timeout):
+            try:
+                self._drop()
+            finally:
+                self._lock.release()
+        else:  # a call still running closes it when it ends
+            self._drop_when_done = True
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # it is being thrown away
+                conn.close()
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+# Connection failures carry no SQLSTATE in psycopg: libpq's (and the server's) words decide.
+_FATAL_WORDS = re.compile(
+    r"authentication failed|no pg_hba\.conf entry|no password supplied|"
+    r"role \".*\" does not exist|database \".*\" does not exist|is not permitted to log in|"
+    r"server does not support SSL|SSL was required|invalid connection option|"
+    r"invalid \S+ value|invalid integer value|invalid port",
+    re.IGNORECASE,
+)
+_PERSISTENT_WORDS = re.compile(r"permission denied", re.IGNORECASE)
+_FATAL_STATES = ("28", "3D000")  # invalid authorization; unknown database
+# Access rules (grants, missing objects), a read-only server, unsupported features.
+_PERSISTENT_STATES = ("42", "3F000", "25006", "0A000")
+
+
+def fault(exc: BaseException) -> Fault:
+    """How lasting an error of a PostgreSQL call is (also for a scrubbed copy of it)."""
+    if isinstance(exc, DatabaseConfigError):
+        return Fault.FATAL
+    if not isinstance(exc, psycopg.Error):
+        return Fault.TRANSIENT  # our own time-outs, OSError
+    state = getattr(exc, "sqlstate", None) or ""
+    if state.startswith(_FATAL_STATES):
+        return Fault.FATAL
+    if state.startswith(_PERSISTENT_STATES):
+        return Fault.PERSISTENT
+    if not state:
+        message = str(exc)
+        if _FATAL_WORDS.search(message):
+            return Fault.FATAL
+        if _PERSISTENT_WORDS.search(message):
+            return Fault.PERSISTENT
+    # Refused, timed out, the server starting or shutting down, too many clients, a
+    # cancelled statement, a serialization failure: all may pass.
+    return Fault.TRANSIENT
+
+
+# -- the table --------------------------------------------------------------------------------
+
+_TYPMOD = re.compile(r"\(\d+(,\d+)?\)")
+
+
+def find_table(
+    conn: Connection,
+    table: TableName,
+    *,
+    columns: Mapping[str, Collection[str]],
+    key: str,
+    create: str | None,
+) -> tuple[str, str]:
+    """Find the table once for good, create it if asked, and check its shape.
+
+    An unqualified name is looked up through the connection's ``search_path`` (or made
+    in its ``current_schema()``) here, once: the caller then uses the qualified name
+    whatever the ``search_path`` of later connections says.
+
+    Args:
+        columns: Each column the backend needs, with the types it accepts (as
+            ``format_type`` writes them, without length or precision).
+        key: The column that must have a unique index of its own.
+        create: ``CREATE TABLE IF NOT EXISTS {table} (...)`` with ``{table}`` to fill in,
+            or ``None`` to require an existing table.
+
+    Returns:
+        The schema and the table's name.
+
+    Raises:
+        DatabaseConfigError: The table exists with the wrong shape.
+        psycopg.errors.UndefinedTable: It does not exist and ``create`` is ``None``.
+        psycopg.errors.InvalidSchemaName: There is no schema to make it in.
+        psycopg.Error: The database failed.
+    """
+    schema = table.schema
+    if schema is None:
+        found = conn.execute(
+            "SELECT n.nspname FROM pg_catalog.pg_class c "
+            "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.oid = to_regclass(%s)",
+            (sql.Identifier(table.name).as_string(conn),),
+        ).fetchone()
+        if found is None:
+            found = conn.execute("SELECT current_schema()").fetchone()
+        if found is None or found[0] is None:
+            raise errors.InvalidSchemaName(
+                f"table {table.name!r}: no schema in the search_path to make it in"
+            )
+        schema = str(found[0])
+    identifier = sql.Identifier(schema, table.name)
+    regclass = identifier.as_string(conn)
+    shown = f"{schema}.{table.name}"
+    rows = conn.execute(
+        "SELECT a.attname, format_type(a.atttypid, a.atttypmod), c.relkind "
+        "FROM pg_catalog.pg_class c "
+        "LEFT JOIN pg_catalog.pg_attribute a "
+        "ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+        "WHERE c.oid = to_regclass(%s)",
+        (regclass,),
+    ).fetchall()
+    if not rows:
+        if create is None:
+            raise errors.UndefinedTable(
+                f'relation "{shown}" does not exist (create_table=False: create it first)'
+            )
+        # UniqueViolation: another process created it at the same moment.
+        with contextlib.suppress(errors.UniqueViolation, errors.DuplicateTable):
+            conn.execute(sql.SQL(create).format(table=identifier))
+        rows = conn.execute(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod), 'r' "
+            "FROM pg_catalog.pg_attribute a "
+            "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped",
+            (regclass,),
+        ).fetchall()
+    if rows[0][2] not in ("r", "p"):
+        raise DatabaseConfigError(f"{shown} is not a table (relkind {rows[0][2]!r})")
+    have = {str(name): _TYPMOD.sub("", str(kind)) for name, kind, _ in rows if name is not None}
+    unique = conn.execute(
+        "SELECT 1 FROM pg_catalog.pg_index i "
+        "JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
+        "WHERE i.indrelid = to_regclass(%s) AND i.indisunique AND i.indnatts = 1 "
+        "AND i.indpred IS NULL AND a.attname = %s",
+        (regclass, key),
+    ).fetchone()
+    check_shape(shown, have, columns, key, unique is not None)
+    return schema, table.name
