@@ -11,10 +11,12 @@ from ._testing import serve_for as serve_for
 from ._testing import sync_tick as sync_tick
 from ._testing import tick as tick
 from .peers._base import LocalPeer as LocalPeer
+from .stores.memory import MemoryStore as MemoryStore
 
 __all__ = [
     "CapturedEvents",
     "LocalPeer",
+    "MemoryStore",
     "capture_events",
     "manual",
     "serve_for",
