@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import itertools
 import json
 import os
 import signal
@@ -100,7 +101,7 @@ def assert_each_slot_once(runs: list[datetime.datetime], at_least: int) -> None:
     assert not twice, f"slots run twice: {twice}"
     ordered = sorted(runs)
     assert len(ordered) >= at_least, ordered
-    gaps = {b - a for a, b in zip(ordered, ordered[1:], strict=False)}
+    gaps = {b - a for a, b in itertools.pairwise(ordered)}
     assert gaps == {datetime.timedelta(seconds=EVERY)}, sorted(gaps)
 
 
