@@ -110,7 +110,10 @@ def _measure(
             spec = {
                 "scenario": scenario.func,
                 "contender": contender.split("+")[0],
-                "params": scenario.params(smoke),
+                "params": {
+                    **scenario.params(smoke),
+                    **scenario.variants.get(contender, {}).get("params", {}),
+                },
                 "otel": scenario.variants.get(contender, {}).get("otel", False),
             }
             # Scenario 6 without the SDK is scenario 2's periodic run: measured once.

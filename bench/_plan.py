@@ -92,4 +92,17 @@ SCENARIOS = (
         full={"n": 100_000, "every": 10.0, "periods": 2, "startup_allowance": 60.0},
         smoke={"n": 1000, "every": 1.0, "periods": 2, "startup_allowance": 10.0},
     ),
+    Scenario(
+        "s8",
+        "8. {n} jobs at {hz:g} Hz sharing one store, for {window:g} s",
+        "durable",
+        ("periodic+memory", "periodic+sqlite", "periodic+postgres"),
+        full={"n": 1000, "every": 1.0, "periods": 5, "claims": 1000},
+        smoke={"n": 20, "every": 0.5, "periods": 2, "claims": 20},
+        variants={
+            "periodic+memory": {"params": {"store": "memory"}},
+            "periodic+sqlite": {"params": {"store": "sqlite"}},
+            "periodic+postgres": {"params": {"store": "postgres"}, "requires": "psycopg_pool"},
+        },
+    ),
 )

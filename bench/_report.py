@@ -17,6 +17,9 @@ _LABELS = {
     ("s5", "raw_spawn"): "floor: spawn + Event.wait",
     ("s6", "periodic"): "periodic.Periodic, no SDK",
     ("s6", "periodic+otel"): "periodic.Periodic, SDK + no-op exporter",
+    ("s8", "periodic+memory"): "MemoryStore",
+    ("s8", "periodic+sqlite"): "SQLiteStore",
+    ("s8", "periodic+postgres"): "PostgresStore",
 }
 
 
@@ -98,6 +101,14 @@ COLUMNS: dict[str, list[Column]] = {
     "s5": [
         Column("median µs", _metric("median_us"), "{:.1f}"),
         Column("p99 µs", _metric("p99_us"), "{:.1f}"),
+    ],
+    "s8": [
+        Column("claim median ms", _metric("claim_median_ms"), "{:.3f}"),
+        Column("claim p99 ms", _metric("claim_p99_ms"), "{:.3f}"),
+        Column("CPU/run µs", _metric("cpu_per_run_us"), "{:.1f}"),
+        Column("≤ 100 ms %", _metric("within_100ms_pct"), "{:.2f}"),
+        Column("p99 lateness ms", _metric("p99_lateness_ms"), "{:.1f}"),
+        Column("startup s", _metric("startup_s"), "{:.2f}"),
     ],
     "s6": [
         Column("CPU/run µs", _metric("cpu_per_run_us"), "{:.1f}"),
@@ -219,6 +230,14 @@ def targets(summary: Summary) -> list[Target]:
     check("s4", "one simulated day ≤ 1.0x the bare grid loop", ratio, "{:.2f}x", (ratio or 0) <= 1)
     median = get("s5", "periodic", "median_us")
     check("s5", "sync_tick median ≤ 25 µs", median, "{:.1f} µs", (median or 0) <= 25)
+    prompt = get("s8", "periodic+postgres", "within_100ms_pct")
+    check(
+        "s8",
+        "1 000 jobs on one PostgresStore: ≥ 99 % of runs within 100 ms",
+        prompt,
+        "{:.2f} %",
+        (prompt or 0) >= 99,
+    )
     ratio = _ratio("cpu_per_run_us", "periodic")(summary, "s6", "periodic+otel")
     check("s6", "CPU per run with the SDK / without (reported)", ratio, "{:.2f}x", None)
     return found

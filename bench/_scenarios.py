@@ -20,7 +20,7 @@ from typing import Any
 import trio
 import trio.testing
 
-from . import _jobs
+from . import _durable, _jobs
 from ._contenders import CONTENDERS, Batch, Job
 
 
@@ -239,6 +239,7 @@ def configure_otel_sdk() -> None:
 
 
 SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
+    "durable": _durable.durable,
     "ticks": ticks,
     "many": many,
     "virtual": virtual,
