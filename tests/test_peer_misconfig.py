@@ -282,7 +282,8 @@ def as_role(dsn: str, role: str) -> str:
 
 
 async def leaders_over(peers: list[Any], seconds: float) -> set[int]:
-    """Serve ``peers`` for ``seconds``; how many led at once, at each look."""
+    """Serve ``peers`` for ``seconds``; how many led at once, at each look (a loaded
+    machine may make a leader miss a renewal and step down for a moment: 0 is no news)."""
     seen: set[int] = set()
     async with trio.open_nursery() as nursery:
         for peer in peers:
@@ -311,10 +312,10 @@ async def test_roles_with_other_search_paths_share_a_schema_qualified_table(
         try:
             # Unqualified, as found: each role made a table of its own, and both led.
             split = [
-                PostgresPeer(as_role(pg, role), name="e", ttl=1.0, table=table, node=role)
+                PostgresPeer(as_role(pg, role), name="e", ttl=2.0, table=table, node=role)
                 for role in (owner, other)
             ]
-            assert await leaders_over(split, 1.0) == {2}
+            assert 2 in await leaders_over(split, 1.0)
             # ... which the log now shows: the two names it resolved to.
             assert f"are in table {owner}.{table}" in caplog.text
             assert f"are in table public.{table}" in caplog.text
@@ -329,11 +330,12 @@ async def test_roles_with_other_search_paths_share_a_schema_qualified_table(
             query(pg, f'GRANT USAGE ON SCHEMA public TO "{owner}"')
             shared = [
                 PostgresPeer(
-                    as_role(pg, role), name="e", ttl=1.0, table=f"public.{table}_q", node=role
+                    as_role(pg, role), name="e", ttl=2.0, table=f"public.{table}_q", node=role
                 )
                 for role in (owner, other)
             ]
-            assert await leaders_over(shared, 1.5) == {1}
+            seen = await leaders_over(shared, 2.0)
+            assert max(seen) == 1  # one leader, never two
         finally:
             query(pg, f"DROP TABLE IF EXISTS public.{table}, public.{table}_q")
 
