@@ -310,12 +310,18 @@ async def test_roles_with_other_search_paths_share_a_schema_qualified_table(
         query(pg, f'CREATE SCHEMA "{owner}" AUTHORIZATION "{owner}"')
         query(pg, f'GRANT USAGE, CREATE ON SCHEMA public TO "{other}"')
         try:
-            # Unqualified, as found: each role made a table of its own, and both led.
-            split = [
+            # Unqualified, as found: the owner made the table in its own schema first, the
+            # other role could not see it and made one in public; both led.
+            first, second = (
                 PostgresPeer(as_role(pg, role), name="e", ttl=2.0, table=table, node=role)
                 for role in (owner, other)
-            ]
-            assert 2 in await leaders_over(split, 1.0)
+            )
+            async with trio.open_nursery() as nursery:
+                await nursery.start(first.serve)
+                await wait_until(first.is_leader)
+                await nursery.start(second.serve)
+                await wait_until(lambda: first.is_leader() and second.is_leader())
+                nursery.cancel_scope.cancel()
             # ... which the log now shows: the two names it resolved to.
             assert f"are in table {owner}.{table}" in caplog.text
             assert f"are in table public.{table}" in caplog.text
