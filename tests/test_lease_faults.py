@@ -348,9 +348,10 @@ async def test_a_lease_won_by_an_abandoned_call_is_released_at_once(
         await trio.to_thread.run_sync(backend.done.wait, 5)
         assert backend.calls[:2] == ["acquire", "release"]
         nursery.cancel_scope.cancel()
+    # (A retry that was waiting for the thread may be abandoned the same way: more lines.)
     released = [r for r in caplog.records if "won the lease of 'e' after all" in r.getMessage()]
-    assert len(released) == 1
-    assert released[0].levelname == "WARNING"
+    assert released
+    assert {r.levelname for r in released} == {"WARNING"}
 
 
 async def test_a_lease_won_by_a_call_abandoned_at_shutdown_is_released(

@@ -282,7 +282,8 @@ def as_role(dsn: str, role: str) -> str:
 
 
 async def leaders_over(peers: list[Any], seconds: float) -> set[int]:
-    """Serve ``peers`` for ``seconds``; how many led at once, at each look."""
+    """Serve ``peers`` for ``seconds``; how many led at once, at each look (a loaded
+    machine may make a leader miss a renewal and step down for a moment: 0 is no news)."""
     seen: set[int] = set()
     async with trio.open_nursery() as nursery:
         for peer in peers:
@@ -309,12 +310,18 @@ async def test_roles_with_other_search_paths_share_a_schema_qualified_table(
         query(pg, f'CREATE SCHEMA "{owner}" AUTHORIZATION "{owner}"')
         query(pg, f'GRANT USAGE, CREATE ON SCHEMA public TO "{other}"')
         try:
-            # Unqualified, as found: each role made a table of its own, and both led.
-            split = [
-                PostgresPeer(as_role(pg, role), name="e", ttl=1.0, table=table, node=role)
+            # Unqualified, as found: the owner made the table in its own schema first, the
+            # other role could not see it and made one in public; both led.
+            first, second = (
+                PostgresPeer(as_role(pg, role), name="e", ttl=2.0, table=table, node=role)
                 for role in (owner, other)
-            ]
-            assert await leaders_over(split, 1.0) == {2}
+            )
+            async with trio.open_nursery() as nursery:
+                await nursery.start(first.serve)
+                await wait_until(first.is_leader)
+                await nursery.start(second.serve)
+                await wait_until(lambda: first.is_leader() and second.is_leader())
+                nursery.cancel_scope.cancel()
             # ... which the log now shows: the two names it resolved to.
             assert f"are in table {owner}.{table}" in caplog.text
             assert f"are in table public.{table}" in caplog.text
@@ -329,11 +336,12 @@ async def test_roles_with_other_search_paths_share_a_schema_qualified_table(
             query(pg, f'GRANT USAGE ON SCHEMA public TO "{owner}"')
             shared = [
                 PostgresPeer(
-                    as_role(pg, role), name="e", ttl=1.0, table=f"public.{table}_q", node=role
+                    as_role(pg, role), name="e", ttl=2.0, table=f"public.{table}_q", node=role
                 )
                 for role in (owner, other)
             ]
-            assert await leaders_over(shared, 1.5) == {1}
+            seen = await leaders_over(shared, 2.0)
+            assert max(seen) == 1  # one leader, never two
         finally:
             query(pg, f"DROP TABLE IF EXISTS public.{table}, public.{table}_q")
 
