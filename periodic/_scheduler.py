@@ -1,4 +1,5 @@
-"""The scheduler: :class:`Periodic`, its options, ``serve``, its clocks and its tick.
+"""The scheduler: :class:`Periodic`, its options, ``serve`` and its tick (its clocks are in
+:mod:`periodic._clocks`, what it does with a store in :mod:`periodic._durable`).
 
 A served job does not sleep in a task of its own: it arms an alarm of the run's one
 timer (:mod:`periodic._timer`) with its next due time, and the tick happens in the timer's
@@ -9,98 +10,39 @@ otherwise stays parked and owns the job's runs.
 
 from __future__ import annotations
 
-import collections
-import contextlib
-import contextvars
 import datetime
-import functools
 import inspect
-import logging
-import math
 import random
 import types
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
 import trio
 
 from . import _options
-from ._cron import UTC, CronSchedule, IntervalGrid, latest_fire, parse_schedule, utc_now
-from ._events import EventSource, Finished, Outcome, Skipped, SkipReason, emit
+from ._clocks import DECIDED, Clocks, State
+from ._cron import CronSchedule, parse_schedule
+from ._durable import Durable
+from ._events import EventSource, Outcome, Skipped, SkipReason, emit
 from ._options import CatchUp, DelayMode, Mode, Overlap
 from ._retry import Retry, check_retry
 from ._runs import Run, Runs, Statistics
-from ._timer import Alarm
 from .exceptions import NotInManualMode
-from .peers._base import Peer, default_node
-from .stores._base import JobState, Store
+from .peers._base import Peer
+from .stores._base import Store
 
-_log = logging.getLogger("periodic")
-
-# A cron job re-reads the wall clock at least this often (seconds) while it waits, to
-# notice a clock that jumped.
-_WALL_RECHECK = 30.0
-# Counting missed fire times stops here, so a long suspend of a per-second schedule
-# does not cost a long loop.
-_MAX_MISSED_COUNT = 10_000
 # Jitter with cron= is at most this (seconds): its gaps are the user's concern below it.
 _MAX_CRON_JITTER = 3600.0
-# Missed slots that catch_up="all" runs (within its window) or counts, at most.
-_MAX_CATCH_UP = 100_000
 # Skip reasons only a job with a store can have (its statistics show them).
 _STORE_REASONS = frozenset({SkipReason.CLAIMED, SkipReason.STORE_ERROR})
-# Error texts kept in a store are cut at this length.
-_ERROR_TEXT = 2000
-# What a tick returns once it has decided; anything else is the rest of the tick.
-_DECIDED = (Run, Skipped, type(None))
 
 if TYPE_CHECKING:
-    from typing import TypeAlias
-
-    _Outcome: TypeAlias = Run | Skipped | None
-    # A tick that has to wait: what is left of it, for the serve task to await.
-    _Rest: TypeAlias = Coroutine[Any, Any, _Outcome]
-    # Wall-clock slots: a crontab, or an interval job's grid kept in a store.
-    _Schedule: TypeAlias = CronSchedule | IntervalGrid
-    # A missed-tick rule re-applied after a stop_previous wait: the tick's new due time.
-    _CatchUp: TypeAlias = Callable[[], tuple[float, datetime.datetime | None]]
-
-
-@attrs.define(eq=False)
-class _State:
-    """What a scheduler keeps between ticks; the runs are in :class:`Runs`."""
-
-    serving: bool = False
-    # Auto mode, armed, and not shutting down.
-    ticking: bool = False
-    tick_lock: trio.Lock | None = None
-    # Counts by reason, of the reasons seen so far (an idle scheduler keeps little).
-    skipped: dict[SkipReason, int] = attrs.field(factory=dict)
-    next_tick_at: float | None = None
-    alarm: Alarm | None = None
-    # The interval clock: tick k is due at base + k * every (regular mode).
-    base: float = 0.0
-    k: int = 0
-    due: float = 0.0
-    # The wall clock's slots (a cron schedule, or an interval grid kept in a store) while
-    # served; then the next fire time, in UTC, and the jitter of its tick.
-    schedule: CronSchedule | IntervalGrid | None = None
-    fire: datetime.datetime | None = None
-    offset: float = 0.0
-    # Missed slots to run one after another (catch_up="all"), and whether one is ticking.
-    backlog: collections.deque[datetime.datetime] = attrs.field(factory=collections.deque)
-    in_backlog: bool = False
-    # What the store said when leadership was gained: to catch up from at the next wake.
-    replan: JobState | None = None
-    # The parked serve task: woken to await the rest of a tick, or to raise a crash.
-    parked: trio.lowlevel.Task | None = None
-    rest: _Rest | None = None
-    crash: BaseException | None = None
+    from ._clocks import _CatchUp, _Outcome, _Rest
 
 
 @attrs.frozen(kw_only=True, eq=False, repr=False)
-class Periodic(EventSource):
+class Periodic(EventSource, Clocks, Durable):
     """A job run on a schedule, each run in a task of its own.
 
     Make one with keyword options, then serve it in a nursery::
@@ -193,7 +135,7 @@ class Periodic(EventSource):
         default=None, converter=_options.check_jitter_rng
     )
 
-    _state: _State = attrs.field(init=False, factory=_State)
+    _state: State = attrs.field(init=False, factory=State)
     _runs: Runs = attrs.field(init=False)
     # The schedule, resolved from every/cron/tz: an interval, or a cron schedule.
     _interval: float | None = attrs.field(init=False, default=None)
@@ -410,428 +352,6 @@ class Periodic(EventSource):
             next_tick_at=self._state.next_tick_at,
         )
 
-    # -- serving ------------------------------------------------------------------------
-
-    def _arm_first(self, record: JobState | None) -> None:
-        state = self._state
-        # Ticks run in the timer's task: give them serve's context, as the runs they
-        # start would have had with a scheduler task of their own.
-        context = contextvars.copy_context()
-        state.fire = None
-        if state.schedule is not None:
-            due_now = self._cron_due_now
-        elif self.delay_mode is DelayMode.SHIFTED:
-            due_now = self._shifted_due_now
-        else:
-            due_now = self._regular_due_now
-        state.alarm = Alarm(context, due_now, self._crashed)
-        state.ticking = True
-        if state.schedule is not None:
-            if record is None:
-                state.fire = self._first_fire(state.schedule)
-            else:
-                self._plan_from_store(record)
-            self._arm_for_fire(self._draw_offset())
-        else:
-            state.k = 0
-            state.base = state.due = trio.current_time() + self._first_delay
-            state.next_tick_at = at = state.due + self._draw_offset()
-            state.alarm.arm(at)
-
-    def _arm_for_fire(self, offset: float) -> None:
-        """Arm for ``state.fire`` (jittered by ``offset``), or at once for a backlog."""
-        state = self._state
-        assert state.fire is not None
-        assert state.alarm is not None
-        state.offset = offset
-        now = trio.current_time()
-        wait = (state.fire - self._wall_now()).total_seconds() + offset
-        if wait > 0 and not state.backlog:
-            state.next_tick_at = now + wait
-        state.alarm.arm(now + (0.0 if state.backlog else min(max(wait, 0.0), _WALL_RECHECK)))
-
-    def _draw_offset(self) -> float:
-        # A tick's jitter: it moves that tick only, never the grid or the next tick.
-        rng = self._rng
-        return 0.0 if rng is None else rng.random() * self.jitter
-
-    def _retry_until(self) -> float:
-        """When the tick after the one now starting a run is due (un-jittered): no retry
-        of the run starts at or after it."""
-        state = self._state
-        if self.retry is None or not state.ticking:
-            return math.inf  # no retries, or a manual tick: no next tick is due
-        if state.in_backlog:
-            return -math.inf  # a caught-up slot: the next one follows at once
-        if state.schedule is not None:
-            assert state.fire is not None
-            return self._cron_due(state.schedule.next_after(state.fire).astimezone(UTC))
-        if self.delay_mode is DelayMode.SHIFTED:
-            return math.inf  # the next tick waits for the run
-        return state.base + (state.k + 1) * self._every
-
-    def _wake(self) -> None:
-        task = self._state.parked
-        assert task is not None
-        trio.lowlevel.reschedule(task)
-
-    def _hand_over(self, rest: _Rest) -> None:
-        self._state.rest = rest
-        self._wake()
-
-    def _crashed(self, exc: BaseException) -> None:
-        # What a tick raised (a guard's BaseException, a broken wall clock, a bug)
-        # comes out of serve, as if serve had ticked in its own task.
-        self._state.crash = exc
-        self._wake()
-
-    def _stop_ticking(self) -> None:
-        state = self._state
-        state.ticking = False
-        state.next_tick_at = None
-        if state.alarm is not None:
-            state.alarm.disarm()
-            state.alarm = None
-        if state.rest is not None:  # handed over, but serve was cancelled first
-            state.rest.close()
-            state.rest = None
-        state.parked = None
-
-    # -- the store: registration and catch-up ------------------------------------------
-
-    async def _register(self, store: Store) -> JobState:
-        """The job's record, made on its first serve; its interval grid, if it has one."""
-        wall = self._wall_now()
-        record = await store.register(
-            self.name,
-            schedule=self._schedule_text(),
-            anchor=wall + datetime.timedelta(seconds=self._first_delay),
-        )
-        if self._schedule is None and self.delay_mode is not DelayMode.SHIFTED:
-            # The grid is the store's: the same on every process and across restarts.
-            self._state.schedule = IntervalGrid.of(record.anchor, self._every)
-        return record
-
-    def _schedule_text(self) -> str:
-        if self.cron is not None:
-            return f"cron {self.cron} {self.tz or 'UTC'}"
-        return f"every {self._every:g}s" + (
-            " shifted" if self.delay_mode is DelayMode.SHIFTED else ""
-        )
-
-    def _plan_from_store(self, record: JobState) -> None:
-        """Set the next fire time from what the store knows: the slots that fell due
-        after the last claimed one and by now were missed, and ``catch_up`` says what
-        becomes of them."""
-        state = self._state
-        schedule = state.schedule
-        assert schedule is not None
-        wall = self._wall_now()
-        last = record.last_slot
-        if last is None:  # a first serve has missed nothing
-            if isinstance(schedule, IntervalGrid) and record.anchor >= wall:
-                state.fire = record.anchor
-            else:
-                state.fire = schedule.next_after(wall).astimezone(UTC)
-            return
-        peer = self.peer
-        if peer is not None and not peer.is_leader():
-            # A follower: the leader catches up; this process does when it gains.
-            state.fire = schedule.next_after(max(last, wall)).astimezone(UTC)
-            return
-        first = schedule.next_after(last).astimezone(UTC)
-        if first > wall:
-            state.fire = first
-            return
-        window = self.catch_up_window
-        oldest_kept = None if window is None else wall - datetime.timedelta(seconds=window)
-        policy = self.catch_up
-        if policy is CatchUp.LATEST:
-            latest = self._latest_slot(schedule, first, wall)
-            if oldest_kept is None or latest >= oldest_kept:
-                # Tick for the oldest: the missed-tick rule moves it to the latest and
-                # reports the others.
-                state.fire = first
-                return
-        missed = self._slots(schedule, first, wall)
-        if policy is CatchUp.ALL:
-            assert oldest_kept is not None
-            kept = [slot for slot in missed if slot >= oldest_kept]
-            dropped = len(missed) - len(kept)
-            state.backlog.extend(kept)
-        else:
-            dropped = len(missed)
-        if dropped:
-            self._skip(SkipReason.MISSED, self._cron_due(first), count=dropped)
-        state.fire = schedule.next_after(wall).astimezone(UTC)
-
-    def _slots(
-        self, schedule: _Schedule, first: datetime.datetime, wall: datetime.datetime
-    ) -> list[datetime.datetime]:
-        """The slots from ``first`` to ``wall``, both included (at most a bounded many)."""
-        slots: list[datetime.datetime] = []
-        slot = first
-        while slot <= wall and len(slots) < _MAX_CATCH_UP:
-            slots.append(slot)
-            slot = schedule.next_after(slot).astimezone(UTC)
-        return slots
-
-    def _latest_slot(
-        self, schedule: _Schedule, first: datetime.datetime, wall: datetime.datetime
-    ) -> datetime.datetime:
-        later = schedule.next_after(first).astimezone(UTC)
-        return first if later > wall else latest_fire(schedule, later, wall)
-
-    def _tick_backlog(self, schedule: _Schedule) -> None:
-        """Tick for the oldest missed slot of ``catch_up="all"``; the next one follows
-        once its run is over."""
-        state = self._state
-        slot = state.backlog.popleft()
-        state.in_backlog = True
-        try:
-            outcome = self._tick_start(self._cron_due(slot), None, slot.astimezone(schedule.tz))
-        finally:
-            state.in_backlog = False
-        if not isinstance(outcome, _DECIDED):
-            self._hand_over(self._backlog_rest(outcome))
-        else:
-            self._after_backlog(outcome)
-
-    async def _backlog_rest(self, rest: _Rest) -> _Outcome:
-        self._state.in_backlog = True
-        try:
-            outcome = await rest
-        finally:
-            self._state.in_backlog = False
-        self._after_backlog(outcome)
-        return outcome
-
-    def _after_backlog(self, outcome: _Outcome) -> None:
-        if isinstance(outcome, Run):
-            outcome.on_done = self._arm_now
-        else:
-            self._arm_now()
-
-    def _arm_now(self) -> None:
-        state = self._state
-        if state.ticking and state.alarm is not None:
-            state.alarm.arm(trio.current_time())
-
-    async def _watch_gains(self, peer: Peer, store: Store) -> None:
-        """When this process gains the leadership, catch up from the store what the
-        cluster missed (a leader that died, a hand-over)."""
-        state = self._state
-        held = peer.fence
-        while True:
-            await peer.wait_change()
-            fence = peer.fence
-            if fence is None or fence == held:
-                held = fence
-                continue
-            held = fence
-            try:
-                record = await store.job(self.name)
-            except Exception as exc:
-                _log.warning(
-                    "job %r: leadership gained, but the store could not say what was missed: %r",
-                    self.name,
-                    exc,
-                    extra={"periodic_job": self.name},
-                )
-                continue
-            if record is None or state.alarm is None:
-                continue
-            state.replan = record
-            if state.alarm.armed:  # (else a tick is under way, and re-arms when done)
-                state.alarm.arm(trio.current_time())
-
-    # -- the interval clock ------------------------------------------------------------
-
-    def _regular_due_now(self) -> None:
-        due, _ = self._catch_up_regular()  # (a late wake-up: the missed-tick rule)
-        if self._plain:
-            self._runs.spawn(due, None, None, self._retry_until())
-        else:
-            outcome = self._tick_start(due, self._catch_up_regular, None)
-            if not isinstance(outcome, _DECIDED):
-                self._hand_over(self._regular_rest(outcome))
-                return
-        self._next_regular()
-
-    async def _regular_rest(self, rest: _Rest) -> _Outcome:
-        outcome = await rest
-        self._next_regular()
-        return outcome
-
-    def _next_regular(self) -> None:
-        state = self._state
-        # Regular ticks sit on a grid base + k * every: computing each from k (rather
-        # than adding every to the last one) keeps float error from accumulating into
-        # drift.
-        state.k += 1
-        state.due = due = state.base + state.k * self._every
-        state.next_tick_at = at = due + self._draw_offset() if self._rng else due
-        assert state.alarm is not None
-        state.alarm.arm(at)
-
-    def _catch_up_regular(self) -> tuple[float, datetime.datetime | None]:
-        # Coalesce the ticks this one is late for into one "missed" event; the tick
-        # then stands in for the latest one due.
-        state = self._state
-        every = self._every
-        late = trio.current_time() - state.due
-        if late >= every:
-            missed = int(late // every)
-            self._skip(SkipReason.MISSED, state.due, count=missed)
-            state.k += missed
-            state.due = state.base + state.k * every
-        return state.due, None
-
-    def _shifted_due_now(self) -> None:
-        self._state.next_tick_at = None
-        outcome = self._tick_start(self._state.due, None, None)
-        if not isinstance(outcome, _DECIDED):
-            self._hand_over(self._shifted_rest(outcome))
-        else:
-            self._after_shifted(outcome)
-
-    async def _shifted_rest(self, rest: _Rest) -> _Outcome:
-        outcome = await rest
-        self._after_shifted(outcome)
-        return outcome
-
-    def _after_shifted(self, outcome: _Outcome) -> None:
-        # The pause counts from the end of the run.
-        if isinstance(outcome, Run):
-            outcome.on_done = self._next_shifted
-        else:
-            self._next_shifted()
-
-    def _next_shifted(self) -> None:
-        state = self._state
-        if not state.ticking:
-            return
-        state.due = due = trio.current_time() + self._every
-        state.next_tick_at = at = due + self._draw_offset()
-        assert state.alarm is not None
-        state.alarm.arm(at)
-
-    @property
-    def _is_async(self) -> bool:
-        return self._runs.is_async
-
-    @property
-    def _every(self) -> float:
-        assert self._interval is not None
-        return self._interval
-
-    @property
-    def _plain(self) -> bool:
-        # Nothing to decide at a tick: spawn at once.
-        return self.when is None and self.peer is None and self.on_overlap is Overlap.RUN
-
-    # -- the cron clock ----------------------------------------------------------------
-
-    def _wall_now(self) -> datetime.datetime:
-        """The wall clock, in UTC: comparisons between zones are unreliable around DST."""
-        now = (self.wall_clock or utc_now)()
-        if not isinstance(now, datetime.datetime) or now.utcoffset() is None:
-            raise TypeError(f"wall_clock must return an aware datetime, got {now!r}")
-        return now.astimezone(UTC)
-
-    def _first_fire(self, schedule: _Schedule) -> datetime.datetime:
-        wall = self._wall_now()
-        fire = schedule.next_after(wall).astimezone(UTC)
-        self._state.next_tick_at = trio.current_time() + (fire - wall).total_seconds()
-        return fire
-
-    def _cron_due_now(self) -> None:
-        """Tick at the schedule's wall-clock fire times.
-
-        The wait is on Trio's clock, but the wall clock is read again at every wake-up
-        (at least every ``_WALL_RECHECK`` seconds): when it jumped, the wait is
-        recomputed, so a run never fires early, and as the next fire time always follows
-        the last one fired, a jump backwards never repeats a run.
-        """
-        state = self._state
-        schedule = state.schedule
-        assert schedule is not None
-        assert state.alarm is not None
-        if state.replan is not None:  # leadership gained: catch up from the store
-            record, state.replan = state.replan, None
-            self._plan_from_store(record)
-        if state.backlog:
-            self._tick_backlog(schedule)
-            return
-        assert state.fire is not None
-        wait = (state.fire - self._wall_now()).total_seconds() + state.offset
-        if wait > 0:
-            now = trio.current_time()
-            state.next_tick_at = now + wait
-            state.alarm.arm(now + min(wait, _WALL_RECHECK))
-            return
-        state.fire = self._cron_catch_up(schedule, state.fire)
-        outcome = self._tick_start(
-            self._cron_due(state.fire),
-            self._catch_up_cron if self.on_overlap is Overlap.STOP_PREVIOUS else None,
-            state.fire.astimezone(schedule.tz),
-        )
-        if not isinstance(outcome, _DECIDED):
-            self._hand_over(self._cron_rest(outcome))
-        else:
-            self._next_cron()
-
-    async def _cron_rest(self, rest: _Rest) -> _Outcome:
-        outcome = await rest
-        self._next_cron()
-        return outcome
-
-    def _next_cron(self) -> None:
-        state = self._state
-        assert state.schedule is not None
-        assert state.fire is not None
-        assert state.alarm is not None
-        state.fire = state.schedule.next_after(state.fire).astimezone(UTC)
-        state.offset = self._draw_offset()
-        state.alarm.arm(trio.current_time())  # its wait is computed when it comes due
-
-    def _catch_up_cron(self) -> tuple[float, datetime.datetime | None]:
-        # After a stop_previous wait: fire times passed meanwhile are missed too.
-        state = self._state
-        assert state.schedule is not None
-        assert state.fire is not None
-        state.fire = self._cron_catch_up(state.schedule, state.fire)
-        return self._cron_due(state.fire), state.fire.astimezone(state.schedule.tz)
-
-    def _cron_due(self, fire: datetime.datetime) -> float:
-        """When ``fire`` (a wall-clock time now past) was due, on Trio's clock."""
-        return trio.current_time() - (self._wall_now() - fire).total_seconds()
-
-    def _cron_catch_up(self, schedule: _Schedule, fire: datetime.datetime) -> datetime.datetime:
-        """The latest fire time at or before the wall clock, from ``fire`` (due).
-
-        The fire times passed over are reported in one ``Skipped("missed")``; past
-        ``_MAX_MISSED_COUNT`` they are not counted one by one (a long suspend of a
-        per-second schedule): the latest one is found by bisection, and the count says
-        how many were counted.
-        """
-        wall = self._wall_now()
-        first = fire
-        missed = 0
-        while True:
-            later = schedule.next_after(fire).astimezone(UTC)
-            if later > wall:
-                break
-            missed += 1
-            fire = later
-            if missed == _MAX_MISSED_COUNT:
-                fire = latest_fire(schedule, fire, wall)
-                break
-        if missed:
-            late = (wall - first).total_seconds()
-            self._skip(SkipReason.MISSED, trio.current_time() - late, count=missed)
-        return fire
-
     # -- the tick ----------------------------------------------------------------------
 
     def _tick_start(
@@ -874,7 +394,7 @@ class Periodic(EventSource):
         if not go:
             return self._skip(SkipReason.GUARD, scheduled_at)
         outcome = self._tick_guarded(scheduled_at, catch_up, fire_time)
-        if not isinstance(outcome, _DECIDED):
+        if not isinstance(outcome, DECIDED):
             return await outcome
         return outcome
 
@@ -917,7 +437,7 @@ class Periodic(EventSource):
             # Leadership was lost while the previous runs unwound.
             return self._skip(SkipReason.NOT_LEADER, scheduled_at)
         outcome = self._start_run(scheduled_at, fire_time)
-        if not isinstance(outcome, _DECIDED):
+        if not isinstance(outcome, DECIDED):
             return await outcome
         return outcome
 
@@ -931,72 +451,6 @@ class Periodic(EventSource):
             return self._runs.spawn(scheduled_at, fence, fire_time, self._retry_until())
         return self._claim_and_spawn(scheduled_at, fence, fire_time, self._retry_until())
 
-    async def _claim_and_spawn(
-        self,
-        scheduled_at: float,
-        fence: int | None,
-        fire_time: datetime.datetime | None,
-        retry_until: float,
-    ) -> _Outcome:
-        store = self.store
-        assert store is not None
-        wall = self._wall_now()
-        # The slot: a cron fire time or a grid point; else the wall time it was due.
-        slot = (
-            fire_time.astimezone(UTC)
-            if fire_time is not None
-            else wall - datetime.timedelta(seconds=trio.current_time() - scheduled_at)
-        )
-        try:
-            key = await store.claim(
-                self.name, slot=slot, node=self._node, fence=fence, started_at=wall
-            )
-        except Exception as exc:  # never run unclaimed
-            return self._skip(SkipReason.STORE_ERROR, scheduled_at, error=exc)
-        if key is None:
-            return self._skip(SkipReason.CLAIMED, scheduled_at)
-        recorder = functools.partial(self._record_end, store, key)
-        run = self._runs.spawn(
-            scheduled_at, fence, fire_time or slot, retry_until, recorder=recorder
-        )
-        if run is None:  # shut down meanwhile: the slot was claimed, and ends unrun
-            with trio.CancelScope(shield=True), contextlib.suppress(Exception):
-                await store.finish(
-                    self.name,
-                    key,
-                    outcome="cancelled",
-                    finished_at=self._wall_now(),
-                    duration=0.0,
-                    error=None,
-                )
-        return run
-
-    async def _record_end(self, store: Store, key: int, finished: Finished) -> None:
-        error = None
-        if finished.error is not None:
-            error = f"{type(finished.error).__name__}: {finished.error}"[:_ERROR_TEXT]
-        try:
-            await store.finish(
-                self.name,
-                key,
-                outcome=finished.outcome.value,
-                finished_at=self._wall_now(),
-                duration=finished.duration,
-                error=error,
-            )
-        except Exception as exc:  # the run is over either way
-            _log.warning(
-                "job %r: the store could not record the end of run %d: %r",
-                self.name,
-                finished.run_id,
-                exc,
-                extra={"periodic_job": self.name, "periodic_run_id": finished.run_id},
-            )
-
-    @property
-    def _node(self) -> str:
-        return self.peer.node if self.peer is not None else _process_node()
-
     async def _tick(
         self,
         scheduled_at: float,
@@ -1004,7 +458,7 @@ class Periodic(EventSource):
         fire_time: datetime.datetime | None,
     ) -> _Outcome:
         outcome = self._tick_start(scheduled_at, catch_up, fire_time)
-        if not isinstance(outcome, _DECIDED):
+        if not isinstance(outcome, DECIDED):
             return await outcome
         return outcome
 
@@ -1023,12 +477,6 @@ class Periodic(EventSource):
         )
         emit(event, self._runs.keys)
         return event
-
-
-@functools.cache
-def _process_node() -> str:
-    """This process's node in a store's records, for jobs without a peer."""
-    return default_node()
 
 
 def _abort_park(raise_cancel: Callable[[], NoReturn]) -> trio.lowlevel.Abort:
@@ -1077,7 +525,7 @@ async def manual_tick(job: Periodic) -> Run | Skipped:
             outcome = await job._tick(trio.current_time(), None, fire_time)
     else:
         start = job._tick_start(trio.current_time(), None, fire_time)
-        if isinstance(start, _DECIDED):
+        if isinstance(start, DECIDED):
             outcome = start
         else:
             lock.acquire_nowait()
