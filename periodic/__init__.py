@@ -5,6 +5,7 @@ from . import events as events
 from . import exceptions as exceptions
 from ._events import subscribe as subscribe
 from ._logging import configure_logging as configure_logging
+from ._options import CatchUp as CatchUp
 from ._options import DelayMode as DelayMode
 from ._options import Mode as Mode
 from ._options import Overlap as Overlap
@@ -16,6 +17,7 @@ from ._scheduler import Periodic as Periodic
 from ._version import __version__ as __version__
 
 __all__ = [
+    "CatchUp",
     "DelayMode",
     "Mode",
     "Overlap",

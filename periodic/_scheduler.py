@@ -87,6 +87,14 @@ class Periodic(EventSource, Clocks, Durable):
             for jobs that fence their own writes.
         wall_clock: For ``cron``: a zero-argument function returning the wall time as an
             aware ``datetime``, read instead of the system clock (for tests).
+        store: A :class:`periodic.stores.Store`: each tick claims its slot there before
+            its run (no slot runs twice across processes), runs are recorded, and what
+            fell due while no process ran the job is caught up. Needs ``name=``.
+        catch_up: With a store: ``"latest"`` (default: run the latest missed slot at
+            once), ``"none"``, or ``"all"`` (every missed slot within
+            ``catch_up_window``).
+        catch_up_window: With a store: seconds (or a ``timedelta``, or a duration
+            string); missed slots older than that never run. Required by ``"all"``.
         retry: A :class:`periodic.Retry`: a run whose job raised is tried again within
             its tick, after a growing wait. Default ``None``: no retry.
         jitter: Seconds (or a ``timedelta``, or a duration string): each tick is
@@ -272,8 +280,11 @@ class Periodic(EventSource, Clocks, Durable):
         after ``serve`` has returned.
 
         Raises:
-            RuntimeError: This ``Periodic`` is already being served.
+            RuntimeError: This ``Periodic`` is already being served, or its ``store`` is
+                not being served.
             TypeError: ``wall_clock`` returned something else than an aware datetime.
+            Exception: Whatever the store raised when the job was registered in it at
+                the start of ``serve`` (later store errors only skip ticks).
             BaseException: Whatever the ``when`` guard, the peer's ``is_leader()`` or an
                 event handler raised that is not an :class:`Exception` (a guard's
                 ``Exception`` only skips the tick).
