@@ -106,6 +106,22 @@ def _seconds(option: str, value: Any, *, accepts: str) -> float:
     return seconds
 
 
+def _duration(option: str, value: Any, *, accepts: str, zero: bool = False) -> float:
+    """Seconds from a number, a ``timedelta`` or a duration string such as ``"90s"``:
+    finite, and > 0 (>= 0 with ``zero``)."""
+    if isinstance(value, str):
+        from ._cron import parse_duration
+
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            raise ValueError(f"{option}: {exc}") from None
+    seconds = _seconds(option, value, accepts=accepts)
+    if not (seconds >= 0 if zero else seconds > 0) or seconds == math.inf:
+        raise ValueError(f"{option} must be {accepts}, got {value!r}")
+    return seconds
+
+
 def every(value: float | datetime.timedelta | str | None) -> float | None:
     if value is None:
         return None
@@ -113,17 +129,7 @@ def every(value: float | datetime.timedelta | str | None) -> float | None:
         "a positive, finite number of seconds, a timedelta, or a duration string such as "
         "'90s' or '1h30m'"
     )
-    if isinstance(value, str):
-        from ._cron import parse_duration
-
-        try:
-            return parse_duration(value)
-        except ValueError as exc:
-            raise ValueError(f"every: {exc}") from None
-    seconds = _seconds("every", value, accepts=accepts)
-    if not 0 < seconds < math.inf:
-        raise ValueError(f"every must be {accepts}, got {value!r}")
-    return seconds
+    return _duration("every", value, accepts=accepts)
 
 
 def initial_delay(value: float | datetime.timedelta | None) -> float | None:
@@ -272,17 +278,7 @@ def jitter(value: float | datetime.timedelta | str | None) -> float:
     if value is None:
         return 0.0
     accepts = "a finite number of seconds >= 0, a timedelta, or a duration string such as '5s'"
-    if isinstance(value, str):
-        from ._cron import parse_duration
-
-        try:
-            return parse_duration(value)
-        except ValueError as exc:
-            raise ValueError(f"jitter: {exc}") from None
-    seconds = _seconds("jitter", value, accepts=accepts)
-    if not 0 <= seconds < math.inf:
-        raise ValueError(f"jitter must be {accepts}, got {value!r}")
-    return seconds
+    return _duration("jitter", value, accepts=accepts, zero=True)
 
 
 def check_jitter_rng(value: random.Random | None) -> random.Random | None:
@@ -322,17 +318,7 @@ def catch_up_window(value: float | datetime.timedelta | str | None) -> float | N
         "None, or a positive, finite number of seconds, a timedelta, or a duration string "
         "such as '1h'"
     )
-    if isinstance(value, str):
-        from ._cron import parse_duration
-
-        try:
-            return parse_duration(value)
-        except ValueError as exc:
-            raise ValueError(f"catch_up_window: {exc}") from None
-    seconds = _seconds("catch_up_window", value, accepts=accepts)
-    if not 0 < seconds < math.inf:
-        raise ValueError(f"catch_up_window must be {accepts}, got {value!r}")
-    return seconds
+    return _duration("catch_up_window", value, accepts=accepts)
 
 
 def check_store(value: Store | None) -> Store | None:

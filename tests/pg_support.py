@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import subprocess
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
@@ -34,6 +35,7 @@ __all__ = [
     "DEFAULT_DSN",
     "drop_table",
     "dsn",
+    "pg_ctlcluster",
     "pg_dsn",
     "pg_table",
     "query",
@@ -87,6 +89,17 @@ def query(dsn: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...
     with psycopg.connect(dsn, connect_timeout=3, autocommit=True) as conn:
         cur = conn.execute(sql, params)
         return cur.fetchall() if cur.description is not None else []
+
+
+def pg_ctlcluster(action: str) -> None:
+    """Start or stop the local cluster (Debian's pg_ctlcluster), waiting for it."""
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
 
 
 def drop_table(dsn: str, table: str) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -21,7 +20,7 @@ from contextlib import asynccontextmanager
 import psycopg
 import pytest
 import trio
-from pg_support import drop_table, pg_dsn, pg_table, query, unique_table
+from pg_support import drop_table, pg_ctlcluster, pg_dsn, pg_table, query, unique_table
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from periodic.events import Event, LeadershipChanged
@@ -566,17 +565,6 @@ def test_dsn_options_win_over_the_defaults(pg_dsn: str) -> None:
 
 
 # -- the server goes away -----------------------------------------------------------------
-
-
-def pg_ctlcluster(action: str) -> None:
-    """Start or stop the local cluster (Debian's pg_ctlcluster), waiting for it."""
-    version = sorted(os.listdir("/etc/postgresql"))[-1]
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
 
 
 def server_up(dsn: str) -> bool:

@@ -11,12 +11,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 
 import pytest
 import trio
-from pg_support import drop_table, query, require_postgres, unique_table
+from pg_support import drop_table, pg_ctlcluster, query, require_postgres, unique_table
 
 from periodic import Periodic
 from periodic.events import Event, Finished, Skipped, SkipReason, Started
@@ -43,16 +42,6 @@ def kill_connections(dsn: str) -> int:
         "AND application_name LIKE 'periodic%'",
     )
     return len(rows)
-
-
-def pg_ctlcluster(action: str) -> None:
-    version = sorted(os.listdir("/etc/postgresql"))[-1]
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
 
 
 def kinds(events: list[Event]) -> list[str]:

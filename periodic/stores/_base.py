@@ -12,6 +12,14 @@ import trio
 FAILURES = frozenset({"error", "timeout"})
 
 
+def _count(option: str, value: object, what: str = "") -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{option} must be an int >= 1{what}, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{option} must be an int >= 1{what}, got {value!r}")
+    return value
+
+
 def check_history(value: object) -> int:
     """The ``history`` option of every store: runs kept per job.
 
@@ -19,11 +27,7 @@ def check_history(value: object) -> int:
         TypeError: Not an int.
         ValueError: Less than 1.
     """
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"history must be an int >= 1 (runs kept per job), got {value!r}")
-    if value < 1:
-        raise ValueError(f"history must be an int >= 1 (runs kept per job), got {value!r}")
-    return value
+    return _count("history", value, " (runs kept per job)")
 
 
 @attrs.frozen(kw_only=True)
@@ -177,8 +181,4 @@ def check_limit(limit: object) -> int:
         TypeError: Not an int.
         ValueError: Less than 1.
     """
-    if isinstance(limit, bool) or not isinstance(limit, int):
-        raise TypeError(f"limit must be an int >= 1, got {limit!r}")
-    if limit < 1:
-        raise ValueError(f"limit must be an int >= 1, got {limit!r}")
-    return limit
+    return _count("limit", limit)
