@@ -12,6 +12,7 @@ modules.
 
 from __future__ import annotations
 
+import datetime
 import enum
 import math
 import re
@@ -120,6 +121,47 @@ def table_name(value: object, *, qualified: bool) -> TableName:
     return TableName(parts[0], parts[1]) if len(parts) == 2 else TableName(None, parts[0])
 
 
+def table_prefix(value: object, *, qualified: bool, suffixes: Collection[str]) -> TableName:
+    """Check the ``table_prefix`` option of a backend with several tables, each named
+    ``prefix + suffix``: the prefix (``schema.prefix`` if ``qualified``) with every
+    suffix must make a plain identifier. ``name`` of the result is the prefix.
+
+    Raises:
+        TypeError: ``value`` is not a str.
+        ValueError: A table it names would not be an identifier.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"table_prefix must be a str, got {value!r}")
+    schema, dot, prefix = value.rpartition(".") if qualified else ("", "", value)
+    if (
+        (dot and not _IDENTIFIER.fullmatch(schema))
+        or "." in prefix
+        or not all(_IDENTIFIER.fullmatch(prefix + suffix) for suffix in suffixes)
+    ):
+        form = " (or schema.prefix)" if qualified else ""
+        tables = " and ".join(prefix + suffix for suffix in suffixes)
+        raise ValueError(
+            f"table_prefix{form} must make plain SQL identifiers of the tables {tables} "
+            f"(letters, digits, _; not starting with a digit; at most 63 characters), "
+            f"got {value!r}"
+        )
+    return TableName(schema if dot else None, prefix)
+
+
+# -- values -----------------------------------------------------------------------------------
+
+
+def utc(value: datetime.datetime, what: str) -> datetime.datetime:
+    """A time given to a backend, in UTC; a naive one is refused rather than guessed at.
+
+    Raises:
+        ValueError: ``value`` has no time zone.
+    """
+    if value.utcoffset() is None:
+        raise ValueError(f"{what} must be a timezone-aware datetime, got {value!r}")
+    return value.astimezone(datetime.timezone.utc)
+
+
 # -- shapes -----------------------------------------------------------------------------------
 
 
@@ -129,6 +171,8 @@ def check_shape(
     columns: Mapping[str, Collection[str]],
     key: str,
     keyed: bool,
+    *,
+    option: str = "table",
 ) -> None:
     """Compare a table's columns with what a backend needs.
 
@@ -138,6 +182,7 @@ def check_shape(
         columns: Each column the backend needs, with the types it accepts.
         key: The column that must be unique by itself.
         keyed: Whether it is.
+        option: The backend's option that names the table, for the message.
 
     Raises:
         DatabaseConfigError: A column is missing or of another type, or ``key`` is not
@@ -154,5 +199,5 @@ def check_shape(
         expected = ", ".join(f"{name} {' or '.join(kinds)}" for name, kinds in columns.items())
         raise DatabaseConfigError(
             f"table {shown} has the wrong shape ({'; '.join(wrong)}); expected {expected}, "
-            f"unique on {key}: drop it, or give another table="
+            f"unique on {key}: drop it, or give another {option}="
         )

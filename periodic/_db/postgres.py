@@ -151,20 +151,30 @@ def conninfo(
     return info, f"{ms}ms"
 
 
+#: What :func:`connect` gives ``psycopg.connect`` (and a pool its connections).
+CONNECTION_OPTIONS: dict[str, Any] = {"autocommit": True, "prepare_threshold": None}
+
+
 def connect(info: str, statement_timeout: str) -> Connection:
     """An autocommit connection whose statements are cut off after ``statement_timeout``,
     in READ COMMITTED (a stricter default would turn a lost race into an error)."""
-    conn = psycopg.connect(info, autocommit=True, prepare_threshold=None)
+    conn = psycopg.connect(info, **CONNECTION_OPTIONS)
     try:
-        conn.execute(
-            "SELECT set_config('statement_timeout', %s, false), "
-            "set_config('default_transaction_isolation', 'read committed', false)",
-            (statement_timeout,),
-        )
+        configure(conn, statement_timeout)
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def configure(conn: Connection, statement_timeout: str) -> None:
+    """Set the session of a new connection as :func:`connect` does (for a pool's
+    ``configure`` callback)."""
+    conn.execute(
+        "SELECT set_config('statement_timeout', %s, false), "
+        "set_config('default_transaction_isolation', 'read committed', false)",
+        (statement_timeout,),
+    )
 
 
 class Link:
@@ -281,6 +291,8 @@ def find_table(
     columns: Mapping[str, Collection[str]],
     key: str,
     create: str | None,
+    name_option: str = "table",
+    create_option: str = "create_table",
 ) -> tuple[str, str]:
     """Find the table once for good, create it if asked, and check its shape.
 
@@ -294,6 +306,8 @@ def find_table(
         key: The column that must have a unique index of its own.
         create: ``CREATE TABLE IF NOT EXISTS {table} (...)`` with ``{table}`` to fill in,
             or ``None`` to require an existing table.
+        name_option, create_option: The backend's options that name the table and
+            allow its creation, for the messages.
 
     Returns:
         The schema and the table's name.
@@ -333,7 +347,7 @@ def find_table(
     if not rows:
         if create is None:
             raise errors.UndefinedTable(
-                f'relation "{shown}" does not exist (create_table=False: create it first)'
+                f'relation "{shown}" does not exist ({create_option}=False: create it first)'
             )
         # UniqueViolation: another process created it at the same moment.
         with contextlib.suppress(errors.UniqueViolation, errors.DuplicateTable):
@@ -354,5 +368,5 @@ def find_table(
         "AND i.indpred IS NULL AND a.attname = %s",
         (regclass, key),
     ).fetchone()
-    check_shape(shown, have, columns, key, unique is not None)
+    check_shape(shown, have, columns, key, unique is not None, option=name_option)
     return schema, table.name

@@ -99,14 +99,19 @@ def find_table(
     columns: Mapping[str, Collection[str]],
     key: str,
     create: str | None,
+    name_option: str = "table",
+    create_option: str = "create_table",
 ) -> None:
     """Create the table if asked and missing, and check its shape.
 
     Args:
         columns: Each column the backend needs, with the affinities it accepts.
-        key: The column that must have a unique index of its own.
+        key: The column that must have a unique index of its own (or be the table's
+            ``INTEGER PRIMARY KEY``, the rowid).
         create: ``CREATE TABLE IF NOT EXISTS {table} (...)`` with ``{table}`` to fill in,
             or ``None`` to require an existing table.
+        name_option, create_option: The backend's options that name the table and
+            allow its creation, for the messages.
 
     Raises:
         DatabaseConfigError: The table exists with the wrong shape.
@@ -118,15 +123,17 @@ def find_table(
     if not info:
         if create is None:
             raise sqlite3.OperationalError(
-                f"no such table: {table} (create_table=False: create it first)"
+                f"no such table: {table} ({create_option}=False: create it first)"
             )
         conn.execute(create.format(table=quoted))
         info = conn.execute(f"PRAGMA table_info({quoted})").fetchall()
     have = {str(row[1]): affinity(str(row[2])) for row in info}
-    keyed = False
+    # An INTEGER PRIMARY KEY is the rowid itself, unique without an index of its own.
+    primary = [(str(row[1]), str(row[2]).upper()) for row in info if row[5]]
+    keyed = primary == [(key, "INTEGER")]
     for index in conn.execute(f"PRAGMA index_list({quoted})").fetchall():
         unique, partial = index[2], index[4]
         if unique and not partial:
             names = [row[2] for row in conn.execute(f'PRAGMA index_info("{index[1]}")')]
             keyed = keyed or names == [key]
-    check_shape(table, have, columns, key, keyed)
+    check_shape(table, have, columns, key, keyed, option=name_option)

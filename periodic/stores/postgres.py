@@ -1,0 +1,601 @@
+"""A store in PostgreSQL: the jobs of processes on many hosts."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import psycopg
+import trio
+from psycopg import errors, sql
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from .._db import TableName, table_prefix, utc
+from .._db import postgres as db
+from .._db.calls import Call, ThreadCalls, open_retrying, seconds
+from ._base import FAILURES, JobState, RunRecord, Store, check_history, check_limit
+
+__all__ = ["PostgresStore"]
+
+T = TypeVar("T")
+_log = logging.getLogger("periodic")
+
+UTC = datetime.timezone.utc
+
+_CREATE_JOBS = """
+CREATE TABLE IF NOT EXISTS {table} (
+    name text PRIMARY KEY,
+    schedule text NOT NULL,
+    anchor timestamptz NOT NULL,
+    last_slot timestamptz,
+    last_node text,
+    last_fence bigint,
+    max_fence bigint,
+    last_outcome text,
+    last_started_at timestamptz,
+    last_finished_at timestamptz,
+    consecutive_failures integer NOT NULL DEFAULT 0
+)"""
+_CREATE_RUNS = """
+CREATE TABLE IF NOT EXISTS {table} (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job text NOT NULL,
+    slot timestamptz NOT NULL,
+    node text NOT NULL,
+    fence bigint,
+    started_at timestamptz NOT NULL,
+    finished_at timestamptz,
+    outcome text,
+    duration double precision,
+    error text
+)"""
+_CREATE_INDEX = "CREATE INDEX IF NOT EXISTS {index} ON {runs} (job, id)"
+
+# What existing tables must look like (types as format_type writes them). A timestamp
+# without time zone would be read in each session's TimeZone: processes would disagree
+# on which slot came first.
+_TEXT = ("text", "character varying")
+_TIME = ("timestamp with time zone",)
+_JOB_COLUMNS = {
+    "name": _TEXT,
+    "schedule": _TEXT,
+    "anchor": _TIME,
+    "last_slot": _TIME,
+    "last_node": _TEXT,
+    "last_fence": ("bigint",),
+    "max_fence": ("bigint",),
+    "last_outcome": _TEXT,
+    "last_started_at": _TIME,
+    "last_finished_at": _TIME,
+    "consecutive_failures": ("integer", "bigint"),
+}
+_RUN_COLUMNS = {
+    "id": ("bigint", "integer"),
+    "job": _TEXT,
+    "slot": _TIME,
+    "node": _TEXT,
+    "fence": ("bigint",),
+    "started_at": _TIME,
+    "finished_at": _TIME,
+    "outcome": _TEXT,
+    "duration": ("double precision",),
+    "error": _TEXT,
+}
+_JOB_FIELDS = ", ".join(_JOB_COLUMNS)
+_RUN_FIELDS = "slot, node, fence, started_at, finished_at, outcome, duration, error"
+
+_REGISTER = f"""
+INSERT INTO {{jobs}} AS j (name, schedule, anchor)
+VALUES (%(name)s, %(schedule)s, %(anchor)s)
+ON CONFLICT (name) DO UPDATE SET schedule = EXCLUDED.schedule
+WHERE j.schedule IS DISTINCT FROM EXCLUDED.schedule
+RETURNING {_JOB_FIELDS}"""
+
+# The claim and the run's record, in one statement. The UPDATE takes the job's row lock:
+# a racing claim waits for this transaction, then (READ COMMITTED) judges its WHERE
+# again on the row as this one left it, and is refused.
+_CLAIM = """
+WITH claimed AS (
+    UPDATE {jobs} SET
+        last_slot = %(slot)s,
+        last_node = %(node)s,
+        last_fence = %(fence)s::bigint,
+        max_fence = greatest(max_fence, %(fence)s::bigint),
+        last_started_at = %(started_at)s
+    WHERE name = %(name)s
+    AND (last_slot IS NULL OR last_slot < %(slot)s)
+    AND (%(fence)s::bigint IS NULL OR max_fence IS NULL OR %(fence)s::bigint >= max_fence)
+    RETURNING name
+), run AS (
+    INSERT INTO {runs} (job, slot, node, fence, started_at)
+    SELECT name, %(slot)s, %(node)s, %(fence)s::bigint, %(started_at)s FROM claimed
+    RETURNING id
+)
+SELECT (SELECT id FROM run), EXISTS (SELECT FROM {jobs} WHERE name = %(name)s)"""
+# A statement of its own, in the claim's transaction: its snapshot, taken after the
+# row lock, sees every run of the job (all are inserted under that lock), the new one
+# included.
+_PRUNE = """
+DELETE FROM {runs} WHERE job = %(name)s AND id <= (
+    SELECT id FROM {runs} WHERE job = %(name)s ORDER BY id DESC OFFSET %(history)s LIMIT 1
+)"""
+
+# The run's end, and the job's when it is its latest slot: one statement. The job's
+# UPDATE judges last_slot on the latest committed row, so a newer claim wins.
+_FINISH = """
+WITH run AS (
+    UPDATE {runs} SET
+        finished_at = %(finished_at)s,
+        outcome = %(outcome)s,
+        duration = %(duration)s,
+        error = %(error)s
+    WHERE id = %(run)s AND job = %(name)s
+    RETURNING slot
+)
+UPDATE {jobs} AS j SET
+    last_outcome = %(outcome)s,
+    last_finished_at = %(finished_at)s,
+    consecutive_failures = CASE WHEN %(failed)s THEN j.consecutive_failures + 1 ELSE 0 END
+FROM run WHERE j.name = %(name)s AND j.last_slot = run.slot"""
+
+# COLLATE "C": code point order, as Python sorts names (the database's own collation
+# may put "B" before "a").
+_JOBS = f'SELECT {_JOB_FIELDS} FROM {{jobs}} ORDER BY name COLLATE "C"'
+_JOB = f"SELECT {_JOB_FIELDS} FROM {{jobs}} WHERE name = %(name)s"
+_RUNS = f"""
+SELECT {_RUN_FIELDS} FROM {{runs}} WHERE job = %(name)s ORDER BY id DESC LIMIT %(limit)s"""
+
+
+def _time(value: datetime.datetime | None) -> datetime.datetime | None:
+    return None if value is None else value.astimezone(UTC)
+
+
+def _job_state(row: tuple[Any, ...]) -> JobState:
+    (name, schedule, anchor, slot, node, fence, _, outcome, started, finished, failures) = row
+    return JobState(
+        name=name,
+        schedule=schedule,
+        anchor=anchor.astimezone(UTC),
+        last_slot=_time(slot),
+        last_outcome=outcome,
+        last_node=node,
+        last_fence=fence,
+        last_started_at=_time(started),
+        last_finished_at=_time(finished),
+        consecutive_failures=failures,
+    )
+
+
+def _run_record(row: tuple[Any, ...]) -> RunRecord:
+    slot, node, fence, started, finished, outcome, duration, error = row
+    return RunRecord(
+        slot=slot.astimezone(UTC),
+        node=node,
+        fence=fence,
+        started_at=started.astimezone(UTC),
+        finished_at=_time(finished),
+        outcome=outcome,
+        duration=duration,
+        error=error,
+    )
+
+
+class _Abandoned(Exception):
+    """The caller stopped waiting for a claim: it is rolled back."""
+
+
+class _Statements:
+    """The statements, with the tables' qualified names filled in."""
+
+    def __init__(self, jobs: sql.Identifier, runs: sql.Identifier) -> None:
+        def make(text: str) -> sql.Composed:
+            return sql.SQL(text).format(jobs=jobs, runs=runs)
+
+        self.register = make(_REGISTER)
+        self.job = make(_JOB)
+        self.claim = make(_CLAIM)
+        self.prune = make(_PRUNE)
+        self.finish = make(_FINISH)
+        self.jobs = make(_JOBS)
+        self.runs = make(_RUNS)
+
+
+class PostgresStore(Store):
+    """A :class:`~periodic.stores.Store` in PostgreSQL: processes on many hosts.
+
+    psycopg 3's synchronous driver runs in worker threads (its async API does not run on
+    Trio), with a small pool of connections (one to four); install it with
+    ``pip install 'trio-periodic[postgres]'``. Every claim is one transaction whose
+    ``UPDATE`` of the job's row decides it, so processes that share the database (with or
+    without a peer, or leaders of a split brain) never claim a slot twice, and a process
+    killed in the middle of one leaves nothing of it behind.
+
+    Two tables, made on first use unless ``create_tables=False``::
+
+        CREATE TABLE periodic_jobs (
+            name text PRIMARY KEY, schedule text NOT NULL, anchor timestamptz NOT NULL,
+            last_slot timestamptz, last_node text, last_fence bigint, max_fence bigint,
+            last_outcome text, last_started_at timestamptz, last_finished_at timestamptz,
+            consecutive_failures integer NOT NULL DEFAULT 0);
+        CREATE TABLE periodic_runs (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, job text NOT NULL,
+            slot timestamptz NOT NULL, node text NOT NULL, fence bigint,
+            started_at timestamptz NOT NULL, finished_at timestamptz, outcome text,
+            duration double precision, error text);
+        CREATE INDEX periodic_runs_job ON periodic_runs (job, id);
+
+    Give the prefix with its schema (``table_prefix="app.periodic_"``): an unqualified
+    one is looked up through the ``search_path`` of the store's role once, at
+    :meth:`serve`, and the fully qualified names are logged at INFO and used from then on.
+
+    :meth:`serve` connects and checks the tables before it reports started. It fails
+    with :class:`~periodic.peers.DatabaseConfigError` when the configuration cannot work
+    (authentication failed, an unknown database or role, a bad connection option, a
+    table of the wrong shape); it retries, logging at ERROR, while a grant or a table
+    (with ``create_tables=False``) is missing, and at WARNING while the server cannot be
+    reached. Afterwards, a connection that the server dropped (a restart,
+    ``pg_terminate_backend``) is replaced within the call that finds it broken.
+
+    Every call is bounded by ``call_timeout``: a ``statement_timeout``, a
+    ``connect_timeout``, TCP keepalives and ``tcp_user_timeout`` are set on the
+    connections (the DSN's own values win), and a longer call raises
+    :class:`TimeoutError` (a job then skips its tick with
+    ``Skipped(reason="store_error")``); a claim its caller gave up on is rolled back.
+    The DSN's password never appears in the store's ``repr``, its log records or the
+    errors it raises. Times given to the store must be timezone-aware; they come back
+    in UTC.
+
+    Args:
+        dsn: A libpq connection string or URI (``postgresql://user:pw@host/db``).
+        table_prefix: Begins the names of the tables (default ``periodic_``: tables
+            ``periodic_jobs`` and ``periodic_runs``); ``schema.prefix`` names their schema.
+        create_tables: Create the tables on first use if they are missing (default
+            ``True``).
+        call_timeout: Seconds one call may take (default 5).
+        history: Runs kept per job (default 100); older ones are pruned as new ones are
+            claimed.
+
+    Raises:
+        TypeError, ValueError: An option is invalid (named in the message), or ``dsn``
+            cannot be parsed (the message says where, without the password).
+    """
+
+    #: The pool's size: claims of several jobs at once, and a spare for people and tools.
+    MIN_CONNECTIONS = 1
+    MAX_CONNECTIONS = 4
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        table_prefix: str = "periodic_",
+        create_tables: bool = True,
+        call_timeout: float = 5.0,
+        history: int = 100,
+    ) -> None:
+        if not isinstance(dsn, str):
+            raise TypeError(f"dsn must be a str, got {type(dsn).__name__}")
+        self._params, self._scrubber = db.parse_dsn(dsn)
+        self._where = db.describe(self._params, self._scrubber)
+        self._prefix = table_prefix
+        self._tables = _check_prefix(table_prefix)
+        if not isinstance(create_tables, bool):
+            raise TypeError(f"create_tables must be a bool, got {create_tables!r}")
+        self._create = create_tables
+        self._call_timeout = seconds("call_timeout", call_timeout)
+        self._history = check_history(history)
+        self._conninfo, self._statement_timeout = db.conninfo(
+            dsn, self._params, self._call_timeout, application_name="periodic-store"
+        )
+        self._calls = ThreadCalls(self, timeout=self._call_timeout, threads=self.MAX_CONNECTIONS)
+        # Found at the first serve, then fixed: every statement names the same tables
+        # however the search_path of a later connection reads.
+        self._sql: _Statements | None = None
+        self._pool: ConnectionPool[db.Connection] | None = None
+        self._served = False
+
+    def __repr__(self) -> str:
+        return f"<PostgresStore db={self._where!r} table_prefix={self._prefix!r}>"
+
+    @property
+    def serving(self) -> bool:
+        return self._calls.open
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Connect and check the tables, report started, and serve until cancelled; then
+        let the calls under way end (within ``call_timeout``) and close the connections.
+
+        Raises:
+            RuntimeError: The store is already being served.
+            DatabaseConfigError: The configuration cannot work: authentication failed, an
+                unknown database or role, a bad connection option, a table of the wrong
+                shape (the message names it, without the password).
+        """
+        if self._served:
+            raise RuntimeError(f"{self!r} is already being served")
+        self._served = True
+        try:
+            await open_retrying(self, self._open, db.fault)
+            self._calls.open = True
+            task_status.started()
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._calls.stop(self._close)
+            self._served = False
+
+    # -- in worker threads ----------------------------------------------------------------
+
+    async def _open(self) -> None:
+        await self._calls.run(lambda call: self._scrubbed(lambda: self._open_pool(call)))
+
+    def _open_pool(self, call: Call) -> None:
+        with db.connect(self._conninfo, self._statement_timeout) as conn:
+            self._find_tables(conn)
+        pool: ConnectionPool[db.Connection] = ConnectionPool(
+            self._conninfo,
+            kwargs=db.CONNECTION_OPTIONS,
+            min_size=self.MIN_CONNECTIONS,
+            max_size=self.MAX_CONNECTIONS,
+            configure=self._configure,
+            name="periodic-store",
+            open=False,
+        )
+        try:
+            pool.open(wait=True, timeout=max(call.left(), 0.1))
+        except BaseException:
+            pool.close(timeout=0)
+            raise
+        self._pool = pool
+
+    def _configure(self, conn: db.Connection) -> None:
+        db.configure(conn, self._statement_timeout)
+
+    def _find_tables(self, conn: db.Connection) -> None:
+        if self._sql is not None:
+            return
+        options = {"name_option": "table_prefix", "create_option": "create_tables"}
+        schema, jobs = db.find_table(
+            conn,
+            TableName(self._tables.schema, f"{self._tables.name}jobs"),
+            columns=_JOB_COLUMNS,
+            key="name",
+            create=_CREATE_JOBS if self._create else None,
+            **options,
+        )
+        # The runs live beside the jobs, whatever the search_path finds elsewhere.
+        _, runs = db.find_table(
+            conn,
+            TableName(schema, f"{self._tables.name}runs"),
+            columns=_RUN_COLUMNS,
+            key="id",
+            create=_CREATE_RUNS if self._create else None,
+            **options,
+        )
+        if self._create:
+            index = sql.SQL(_CREATE_INDEX).format(
+                index=sql.Identifier(f"{self._tables.name}runs_job"),
+                runs=sql.Identifier(schema, runs),
+            )
+            # UniqueViolation: another process made it at the same moment.
+            with contextlib.suppress(errors.UniqueViolation, errors.DuplicateTable):
+                conn.execute(index)
+        self._sql = _Statements(sql.Identifier(schema, jobs), sql.Identifier(schema, runs))
+        hint = (
+            ""
+            if self._tables.schema
+            else f" (found through the search_path: give table_prefix="
+            f"{schema + '.' + self._tables.name!r} so that every role and search_path "
+            "finds these)"
+        )
+        _log.info(
+            "PostgreSQL store at %s is in tables %s.%s and %s.%s%s",
+            self._where,
+            schema,
+            jobs,
+            schema,
+            runs,
+            hint,
+        )
+
+    def _close(self, call: Call) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close(timeout=call.left())
+
+    def _scrubbed(self, fn: Callable[[], T]) -> T:
+        """``fn()``, its errors without the password, a statement time-out as
+        :class:`TimeoutError`."""
+        try:
+            return fn()
+        except errors.QueryCanceled as exc:
+            error: Exception = TimeoutError(
+                f"{self!r}: a statement took longer than call_timeout "
+                f"({self._call_timeout:g} s): {self._scrubber.text(str(exc).strip())}"
+            )
+        except PoolTimeout as exc:
+            error = TimeoutError(
+                f"{self!r}: no connection within call_timeout ({self._call_timeout:g} s): "
+                f"{self._scrubber.text(str(exc).strip())}"
+            )
+        except Exception as exc:
+            error = self._scrubber.error(exc)
+        raise error  # outside the except block: the original may name the password
+
+    def _on_connection(self, call: Call, fn: Callable[[db.Connection], T]) -> T:
+        """``fn(connection)`` on a pooled connection; once more on another when the one
+        it was given turns out broken (the server dropped it: a restart, a kill)."""
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError(f"{self!r} is not being served")
+        for retry in (False, True):
+            conn = pool.getconn(timeout=max(call.left(), 0.01))
+            try:
+                return fn(conn)
+            except psycopg.OperationalError:
+                if retry or not conn.broken:
+                    raise
+            finally:
+                pool.putconn(conn)  # a broken one is thrown away
+            # Its siblings were most likely dropped with it: replace them all now.
+            pool.check()
+        raise AssertionError("unreachable")
+
+    async def _run(self, fn: Callable[[db.Connection, Call], T]) -> T:
+        assert self._sql is not None or not self._calls.open
+        return await self._calls(
+            lambda call: self._scrubbed(
+                lambda: self._on_connection(call, lambda conn: fn(conn, call))
+            )
+        )
+
+    def _statements(self) -> _Statements:
+        assert self._sql is not None
+        return self._sql
+
+    # -- the Store ------------------------------------------------------------------------
+
+    async def register(self, name: str, *, schedule: str, anchor: datetime.datetime) -> JobState:
+        """See :meth:`Store.register`.
+
+        Raises:
+            RuntimeError: The store is not being served.
+            TimeoutError: The call took longer than ``call_timeout``.
+            ValueError: ``anchor`` is not timezone-aware.
+            psycopg.Error: The database failed.
+        """
+        params = {"name": name, "schedule": schedule, "anchor": utc(anchor, "anchor")}
+
+        def register(conn: db.Connection, call: Call) -> tuple[Any, ...]:
+            statements = self._statements()
+            row = conn.execute(statements.register, params).fetchone()
+            if row is None:  # there, with this schedule
+                row = conn.execute(statements.job, params).fetchone()
+            assert row is not None
+            return row
+
+        return _job_state(await self._run(register))
+
+    async def claim(
+        self,
+        name: str,
+        *,
+        slot: datetime.datetime,
+        node: str,
+        fence: int | None,
+        started_at: datetime.datetime,
+    ) -> int | None:
+        """See :meth:`Store.claim`.
+
+        Raises:
+            LookupError: The job is not registered.
+            RuntimeError: The store is not being served.
+            TimeoutError: The call took longer than ``call_timeout`` (the claim, if it
+                was about to succeed, is rolled back).
+            ValueError: A time is not timezone-aware.
+            psycopg.Error: The database failed.
+        """
+        params = {
+            "name": name,
+            "slot": utc(slot, "slot"),
+            "node": node,
+            "fence": fence,
+            "started_at": utc(started_at, "started_at"),
+            "history": self._history,
+        }
+
+        def claim(conn: db.Connection, call: Call) -> int | None:
+            statements = self._statements()
+            with conn.transaction():
+                row = conn.execute(statements.claim, params).fetchone()
+                assert row is not None
+                key, known = row
+                if not known:
+                    raise LookupError(f"job {name!r} is not registered with {self!r}")
+                if key is None:
+                    return None
+                conn.execute(statements.prune, params)
+                # The caller was told the claim failed: it must not have happened.
+                if call.abandoned:
+                    raise _Abandoned
+            return int(key)
+
+        return await self._run(claim)
+
+    async def finish(
+        self,
+        name: str,
+        run: int,
+        *,
+        outcome: str,
+        finished_at: datetime.datetime,
+        duration: float,
+        error: str | None,
+    ) -> None:
+        """See :meth:`Store.finish`.
+
+        Raises:
+            RuntimeError: The store is not being served.
+            TimeoutError: The call took longer than ``call_timeout``.
+            ValueError: ``finished_at`` is not timezone-aware.
+            psycopg.Error: The database failed.
+        """
+        params = {
+            "name": name,
+            "run": run,
+            "outcome": outcome,
+            "finished_at": utc(finished_at, "finished_at"),
+            "duration": duration,
+            "error": error,
+            "failed": outcome in FAILURES,
+        }
+        await self._run(lambda conn, _: conn.execute(self._statements().finish, params))
+
+    async def jobs(self) -> list[JobState]:
+        """See :meth:`Store.jobs`.
+
+        Raises:
+            RuntimeError: The store is not being served.
+            TimeoutError: The call took longer than ``call_timeout``.
+            psycopg.Error: The database failed.
+        """
+        rows = await self._run(lambda conn, _: conn.execute(self._statements().jobs).fetchall())
+        return [_job_state(row) for row in rows]
+
+    async def job(self, name: str) -> JobState | None:
+        """See :meth:`Store.job`.
+
+        Raises:
+            RuntimeError: The store is not being served.
+            TimeoutError: The call took longer than ``call_timeout``.
+            psycopg.Error: The database failed.
+        """
+        row = await self._run(
+            lambda conn, _: conn.execute(self._statements().job, {"name": name}).fetchone()
+        )
+        return None if row is None else _job_state(row)
+
+    async def runs(self, name: str, *, limit: int = 20) -> list[RunRecord]:
+        """See :meth:`Store.runs`.
+
+        Raises:
+            TypeError, ValueError: ``limit`` is not an int >= 1.
+            RuntimeError: The store is not being served.
+            TimeoutError: The call took longer than ``call_timeout``.
+            psycopg.Error: The database failed.
+        """
+        check_limit(limit)
+        params = {"name": name, "limit": limit}
+        rows = await self._run(
+            lambda conn, _: conn.execute(self._statements().runs, params).fetchall()
+        )
+        return [_run_record(row) for row in rows]
+
+
+def _check_prefix(value: object) -> TableName:
+    return table_prefix(value, qualified=True, suffixes=("jobs", "runs", "runs_job"))

@@ -1,0 +1,540 @@
+"""A store in an SQLite file: the jobs of processes on one host."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import trio
+
+from .._db import Fault, table_prefix, utc
+from .._db import sqlite as db
+from .._db.calls import Call, ThreadCalls, open_retrying, seconds
+from ._base import FAILURES, JobState, RunRecord, Store, check_history, check_limit
+
+__all__ = ["SQLiteStore"]
+
+T = TypeVar("T")
+_log = logging.getLogger("periodic")
+
+UTC = datetime.timezone.utc
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = datetime.timedelta(microseconds=1)
+
+# Times are INTEGER microseconds since the epoch, UTC: exact, and ordered as numbers.
+_CREATE_JOBS = (
+    "CREATE TABLE IF NOT EXISTS {table} ("
+    "name TEXT PRIMARY KEY, schedule TEXT NOT NULL, anchor INTEGER NOT NULL, "
+    "last_slot INTEGER, last_node TEXT, last_fence INTEGER, max_fence INTEGER, "
+    "last_outcome TEXT, last_started_at INTEGER, last_finished_at INTEGER, "
+    "consecutive_failures INTEGER NOT NULL DEFAULT 0)"
+)
+# AUTOINCREMENT: a run's key is never given again, so a late finish() of a pruned run
+# can never land on another one.
+_CREATE_RUNS = (
+    "CREATE TABLE IF NOT EXISTS {table} ("
+    "id INTEGER PRIMARY KEY AUTOINCREMENT, job TEXT NOT NULL, slot INTEGER NOT NULL, "
+    "node TEXT NOT NULL, fence INTEGER, started_at INTEGER NOT NULL, finished_at INTEGER, "
+    "outcome TEXT, duration REAL, error TEXT)"
+)
+# The affinities existing tables must give their columns: a TEXT slot would compare as
+# text, and claims would be judged in the wrong order.
+_JOB_COLUMNS = {
+    "name": ("TEXT",),
+    "schedule": ("TEXT",),
+    "anchor": ("INTEGER",),
+    "last_slot": ("INTEGER",),
+    "last_node": ("TEXT",),
+    "last_fence": ("INTEGER",),
+    "max_fence": ("INTEGER",),
+    "last_outcome": ("TEXT",),
+    "last_started_at": ("INTEGER",),
+    "last_finished_at": ("INTEGER",),
+    "consecutive_failures": ("INTEGER",),
+}
+_RUN_COLUMNS = {
+    "id": ("INTEGER",),
+    "job": ("TEXT",),
+    "slot": ("INTEGER",),
+    "node": ("TEXT",),
+    "fence": ("INTEGER",),
+    "started_at": ("INTEGER",),
+    "finished_at": ("INTEGER",),
+    "outcome": ("TEXT",),
+    "duration": ("REAL", "NUMERIC"),
+    "error": ("TEXT",),
+}
+_JOB_FIELDS = ", ".join(_JOB_COLUMNS)
+_RUN_FIELDS = "slot, node, fence, started_at, finished_at, outcome, duration, error"
+
+
+def _micros(value: datetime.datetime) -> int:
+    return (value - _EPOCH) // _MICROSECOND
+
+
+def _time(micros: int | None) -> datetime.datetime | None:
+    return None if micros is None else _EPOCH + datetime.timedelta(microseconds=micros)
+
+
+def _job_state(row: tuple[Any, ...]) -> JobState:
+    (name, schedule, anchor, slot, node, fence, _, outcome, started, finished, failures) = row
+    return JobState(
+        name=name,
+        schedule=schedule,
+        anchor=_EPOCH + datetime.timedelta(microseconds=anchor),
+        last_slot=_time(slot),
+        last_outcome=outcome,
+        last_node=node,
+        last_fence=fence,
+        last_started_at=_time(started),
+        last_finished_at=_time(finished),
+        consecutive_failures=failures,
+    )
+
+
+def _run_record(row: tuple[Any, ...]) -> RunRecord:
+    slot, node, fence, started, finished, outcome, duration, error = row
+    return RunRecord(
+        slot=_EPOCH + datetime.timedelta(microseconds=slot),
+        node=node,
+        fence=fence,
+        started_at=_EPOCH + datetime.timedelta(microseconds=started),
+        finished_at=_time(finished),
+        outcome=outcome,
+        duration=None if duration is None else float(duration),
+        error=error,
+    )
+
+
+class _Abandoned(Exception):
+    """The caller stopped waiting for a claim: it is rolled back."""
+
+
+class _Database:
+    """The file, its one connection (used by one call at a time) and the statements."""
+
+    def __init__(self, path: str, prefix: str, create: bool, busy_timeout: float) -> None:
+        self._path = path
+        self._names = (f"{prefix}jobs", f"{prefix}runs")
+        # Quoted: a valid identifier may still be an SQL keyword.
+        self._jobs, self._runs = (f'"{name}"' for name in self._names)
+        self._index = f'"{prefix}runs_job"'
+        self._create = create
+        self._busy_timeout = busy_timeout
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._close_when_done = False
+
+    # -- connection -----------------------------------------------------------------------
+
+    def open(self, call: Call) -> None:
+        """Connect, and make or check the tables."""
+        with self._locked(call):
+            self._drop()
+            conn = db.connect(self._path, self._busy_timeout)
+            try:
+                for name, columns, key, create in (
+                    (self._names[0], _JOB_COLUMNS, "name", _CREATE_JOBS),
+                    (self._names[1], _RUN_COLUMNS, "id", _CREATE_RUNS),
+                ):
+                    db.find_table(
+                        conn,
+                        name,
+                        columns=columns,
+                        key=key,
+                        create=create if self._create else None,
+                        name_option="table_prefix",
+                        create_option="create_tables",
+                    )
+                if self._create:
+                    conn.execute(
+                        f"CREATE INDEX IF NOT EXISTS {self._index} ON {self._runs} (job, id)"
+                    )
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        _log.info("SQLite store in %s, tables %s and %s", self._path, *self._names)
+
+    def close(self, call: Call) -> None:
+        if self._lock.acquire(timeout=call.left()):
+            try:
+                self._drop()
+            finally:
+                self._lock.release()
+        else:  # an abandoned call still runs: it closes the connection when it ends
+            self._close_when_done = True
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    @contextlib.contextmanager
+    def _locked(self, call: Call) -> Iterator[None]:
+        if not self._lock.acquire(timeout=call.left()):
+            raise TimeoutError("an earlier call on the SQLite connection is still running")
+        try:
+            yield
+        finally:
+            if self._close_when_done:
+                self._close_when_done = False
+                self._drop()
+            self._lock.release()
+
+    def run(self, call: Call, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn(connection)``, one call at a time, on a new connection after an error."""
+        with self._locked(call):
+            if self._conn is None:
+                self._conn = db.connect(self._path, self._busy_timeout)
+            conn = self._conn
+            try:
+                return fn(conn)
+            except sqlite3.OperationalError as exc:
+                self._reset(conn)
+                if db.fault(exc) is Fault.TRANSIENT and "locked" in str(exc):
+                    raise TimeoutError(
+                        f"SQLite database {self._path!r} stayed locked for longer than "
+                        f"call_timeout ({self._busy_timeout:g} s): {exc}"
+                    ) from exc
+                raise
+            except BaseException:
+                self._reset(conn)
+                raise
+
+    def _reset(self, conn: sqlite3.Connection) -> None:
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            self._drop()  # the next call connects afresh
+
+    @contextlib.contextmanager
+    def _transaction(self, conn: sqlite3.Connection) -> Iterator[None]:
+        # IMMEDIATE: take the write lock first, so the reads inside see what the
+        # writes will be judged against (a deferred one could fail to upgrade).
+        conn.execute("BEGIN IMMEDIATE")
+        yield
+        conn.execute("COMMIT")
+
+    # -- statements -----------------------------------------------------------------------
+
+    def register(self, conn: sqlite3.Connection, name: str, schedule: str, anchor: int) -> Any:
+        with self._transaction(conn):
+            conn.execute(
+                f"INSERT INTO {self._jobs} (name, schedule, anchor) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO NOTHING",
+                (name, schedule, anchor),
+            )
+            conn.execute(
+                f"UPDATE {self._jobs} SET schedule = ? WHERE name = ? AND schedule IS NOT ?",
+                (schedule, name, schedule),
+            )
+            return conn.execute(
+                f"SELECT {_JOB_FIELDS} FROM {self._jobs} WHERE name = ?", (name,)
+            ).fetchone()
+
+    def claim(
+        self, conn: sqlite3.Connection, call: Call, history: int, params: dict[str, Any]
+    ) -> int | None:
+        with self._transaction(conn):
+            claimed = conn.execute(
+                f"UPDATE {self._jobs} SET last_slot = :slot, last_node = :node, "
+                "last_fence = :fence, last_started_at = :started_at, "
+                "max_fence = CASE WHEN :fence IS NULL OR max_fence >= :fence "
+                "THEN max_fence ELSE :fence END "
+                "WHERE name = :name AND (last_slot IS NULL OR last_slot < :slot) "
+                "AND (:fence IS NULL OR max_fence IS NULL OR :fence >= max_fence)",
+                params,
+            ).rowcount
+            if not claimed:
+                known = conn.execute(
+                    f"SELECT 1 FROM {self._jobs} WHERE name = :name", params
+                ).fetchone()
+                if known is None:
+                    raise LookupError(f"job {params['name']!r} is not registered")
+                return None
+            key = conn.execute(
+                f"INSERT INTO {self._runs} (job, slot, node, fence, started_at) "
+                "VALUES (:name, :slot, :node, :fence, :started_at)",
+                params,
+            ).lastrowid
+            conn.execute(
+                f"DELETE FROM {self._runs} WHERE job = ? AND id <= "
+                f"(SELECT id FROM {self._runs} WHERE job = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (params["name"], params["name"], history),
+            )
+            # The caller was told the claim failed: it must not have happened.
+            if call.abandoned:
+                raise _Abandoned
+        assert key is not None
+        return key
+
+    def finish(self, conn: sqlite3.Connection, params: dict[str, Any]) -> None:
+        with self._transaction(conn):
+            row = conn.execute(
+                f"SELECT slot FROM {self._runs} WHERE id = :run AND job = :name", params
+            ).fetchone()
+            if row is None:  # unknown, or pruned
+                return
+            conn.execute(
+                f"UPDATE {self._runs} SET finished_at = :finished_at, outcome = :outcome, "
+                "duration = :duration, error = :error WHERE id = :run",
+                params,
+            )
+            conn.execute(
+                f"UPDATE {self._jobs} SET last_outcome = :outcome, "
+                "last_finished_at = :finished_at, consecutive_failures = "
+                "CASE WHEN :failed THEN consecutive_failures + 1 ELSE 0 END "
+                "WHERE name = :name AND last_slot = :slot",
+                {**params, "slot": row[0]},
+            )
+
+    def jobs(self, conn: sqlite3.Connection) -> list[Any]:
+        # BINARY collation: code point order, as Python sorts names.
+        return conn.execute(f"SELECT {_JOB_FIELDS} FROM {self._jobs} ORDER BY name").fetchall()
+
+    def job(self, conn: sqlite3.Connection, name: str) -> Any:
+        return conn.execute(
+            f"SELECT {_JOB_FIELDS} FROM {self._jobs} WHERE name = ?", (name,)
+        ).fetchone()
+
+    def runs(self, conn: sqlite3.Connection, name: str, limit: int) -> list[Any]:
+        return conn.execute(
+            f"SELECT {_RUN_FIELDS} FROM {self._runs} WHERE job = ? ORDER BY id DESC LIMIT ?",
+            (name, limit),
+        ).fetchall()
+
+
+class SQLiteStore(Store):
+    """A :class:`~periodic.stores.Store` in an SQLite file: processes on one host.
+
+    The stdlib ``sqlite3`` runs in worker threads, on one connection per store used by
+    one call at a time, in WAL mode (readers never wait for a writer). Every claim is
+    one ``BEGIN IMMEDIATE`` transaction, so processes that share the file (with or
+    without a peer, or leaders of a split brain) never claim a slot twice; a process
+    killed in the middle of one leaves nothing of it behind.
+
+    Two tables, made on first use unless ``create_tables=False`` (times are INTEGER
+    microseconds since the epoch, UTC)::
+
+        CREATE TABLE periodic_jobs (
+            name TEXT PRIMARY KEY, schedule TEXT NOT NULL, anchor INTEGER NOT NULL,
+            last_slot INTEGER, last_node TEXT, last_fence INTEGER, max_fence INTEGER,
+            last_outcome TEXT, last_started_at INTEGER, last_finished_at INTEGER,
+            consecutive_failures INTEGER NOT NULL DEFAULT 0);
+        CREATE TABLE periodic_runs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, job TEXT NOT NULL, slot INTEGER NOT NULL,
+            node TEXT NOT NULL, fence INTEGER, started_at INTEGER NOT NULL,
+            finished_at INTEGER, outcome TEXT, duration REAL, error TEXT);
+        CREATE INDEX periodic_runs_job ON periodic_runs (job, id);
+
+    The path is made absolute when the store is made; ``":memory:"`` and ``""`` (a
+    database of each connection's own) are refused. :meth:`serve` opens the file and
+    checks the tables before it reports started; it fails with
+    :class:`~periodic.peers.DatabaseConfigError` when the file's directory does not
+    exist or a table has the wrong shape, and retries (logging at ERROR) while the file
+    is not a database, is read-only, or lacks a table with ``create_tables=False``.
+
+    Every call is bounded by ``call_timeout``, a wait for another process's lock on the
+    file included: a longer one raises :class:`TimeoutError` (a job then skips its tick
+    with ``Skipped(reason="store_error")``), and a claim its caller gave up on is rolled
+    back. Times given to the store must be timezone-aware; they come back in UTC.
+
+    Args:
+        path: The database file (made if missing). Give every process the same file.
+        table_prefix: Begins the names of the tables (default ``periodic_``: tables
+            ``periodic_jobs`` and ``periodic_runs``).
+        create_tables: Create the tables on first use if they are missing (default
+            ``True``).
+        call_timeout: Seconds one call may take (default 5).
+        history: Runs kept per job (default 100); older ones are pruned as new ones are
+            claimed.
+
+    Raises:
+        TypeError, ValueError: An option is invalid (named in the message).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        table_prefix: str = "periodic_",
+        create_tables: bool = True,
+        call_timeout: float = 5.0,
+        history: int = 100,
+    ) -> None:
+        self._path = db.absolute_path(path)
+        self._prefix = _check_prefix(table_prefix)
+        if not isinstance(create_tables, bool):
+            raise TypeError(f"create_tables must be a bool, got {create_tables!r}")
+        self._call_timeout = seconds("call_timeout", call_timeout)
+        self._history = check_history(history)
+        self._db = _Database(self._path, self._prefix, create_tables, self._call_timeout)
+        # One call at a time: SQLite has one writer anyway, and a call abandoned at its
+        # time-out keeps the place until its thread ends.
+        self._calls = ThreadCalls(self, timeout=self._call_timeout, threads=1)
+        self._served = False
+
+    @property
+    def path(self) -> str:
+        """The database file, absolute."""
+        return self._path
+
+    def __repr__(self) -> str:
+        return f"<SQLiteStore path={self._path!r} table_prefix={self._prefix!r}>"
+
+    @property
+    def serving(self) -> bool:
+        return self._calls.open
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Open the file and check the tables, report started, and serve until cancelled;
+        then let the calls under way end (within ``call_timeout``) and close the file.
+
+        Raises:
+            RuntimeError: The store is already being served.
+            DatabaseConfigError: The file's directory does not exist, or a table has the
+                wrong shape.
+        """
+        if self._served:
+            raise RuntimeError(f"{self!r} is already being served")
+        self._served = True
+        try:
+            await open_retrying(self, self._open, db.fault)
+            self._calls.open = True
+            task_status.started()
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._calls.stop(self._db.close)
+            self._served = False
+
+    async def _open(self) -> None:
+        await self._calls.run(self._db.open)
+
+    async def _run(self, fn: Callable[[sqlite3.Connection, Call], T]) -> T:
+        return await self._calls(lambda call: self._db.run(call, lambda conn: fn(conn, call)))
+
+    async def register(self, name: str, *, schedule: str, anchor: datetime.datetime) -> JobState:
+        """See :meth:`Store.register`.
+
+        Raises:
+            RuntimeError: The store is not being served.
+            TimeoutError: The call took longer than ``call_timeout``.
+            ValueError: ``anchor`` is not timezone-aware.
+            sqlite3.Error: SQLite failed.
+        """
+        start = _micros(utc(anchor, "anchor"))
+        row = await self._run(lambda conn, _: self._db.register(conn, name, schedule, start))
+        return _job_state(row)
+
+    async def claim(
+        self,
+        name: str,
+        *,
+        slot: datetime.datetime,
+        node: str,
+        fence: int | None,
+        started_at: datetime.datetime,
+    ) -> int | None:
+        """See :meth:`Store.claim`.
+
+        Raises:
+            LookupError: The job is not registered.
+            RuntimeError: The store is not being served.
+            TimeoutError: The call took longer than ``call_timeout`` (the claim, if it
+                was about to succeed, is rolled back).
+            ValueError: A time is not timezone-aware.
+            sqlite3.Error: SQLite failed.
+        """
+        params = {
+            "name": name,
+            "slot": _micros(utc(slot, "slot")),
+            "node": node,
+            "fence": fence,
+            "started_at": _micros(utc(started_at, "started_at")),
+        }
+        try:
+            return await self._run(
+                lambda conn, call: self._db.claim(conn, call, self._history, params)
+            )
+        except LookupError as exc:
+            raise LookupError(f"{exc} with {self!r}") from None
+
+    async def finish(
+        self,
+        name: str,
+        run: int,
+        *,
+        outcome: str,
+        finished_at: datetime.datetime,
+        duration: float,
+        error: str | None,
+    ) -> None:
+        """See :meth:`Store.finish`.
+
+        Raises:
+            RuntimeError: The store is not being served.
+            TimeoutError: The call took longer than ``call_timeout``.
+            ValueError: ``finished_at`` is not timezone-aware.
+            sqlite3.Error: SQLite failed.
+        """
+        params = {
+            "name": name,
+            "run": run,
+            "outcome": outcome,
+            "finished_at": _micros(utc(finished_at, "finished_at")),
+            "duration": duration,
+            "error": error,
+            "failed": outcome in FAILURES,
+        }
+        await self._run(lambda conn, _: self._db.finish(conn, params))
+
+    async def jobs(self) -> list[JobState]:
+        """See :meth:`Store.jobs`.
+
+        Raises:
+            RuntimeError: The store is not being served.
+            TimeoutError: The call took longer than ``call_timeout``.
+            sqlite3.Error: SQLite failed.
+        """
+        rows = await self._run(lambda conn, _: self._db.jobs(conn))
+        return [_job_state(row) for row in rows]
+
+    async def job(self, name: str) -> JobState | None:
+        """See :meth:`Store.job`.
+
+        Raises:
+            RuntimeError: The store is not being served.
+            TimeoutError: The call took longer than ``call_timeout``.
+            sqlite3.Error: SQLite failed.
+        """
+        row = await self._run(lambda conn, _: self._db.job(conn, name))
+        return None if row is None else _job_state(row)
+
+    async def runs(self, name: str, *, limit: int = 20) -> list[RunRecord]:
+        """See :meth:`Store.runs`.
+
+        Raises:
+            TypeError, ValueError: ``limit`` is not an int >= 1.
+            RuntimeError: The store is not being served.
+            TimeoutError: The call took longer than ``call_timeout``.
+            sqlite3.Error: SQLite failed.
+        """
+        check_limit(limit)
+        rows = await self._run(lambda conn, _: self._db.runs(conn, name, limit))
+        return [_run_record(row) for row in rows]
+
+
+def _check_prefix(value: object) -> str:
+    return table_prefix(value, qualified=False, suffixes=("jobs", "runs", "runs_job")).name

@@ -1,0 +1,615 @@
+"""The contract of every store, run against MemoryStore, SQLiteStore and PostgresStore.
+
+What :class:`periodic.stores.Store` promises, method by method, with MemoryStore as the
+reference: a durable store must behave exactly as it does. Then a job served with each
+store in virtual time, across a restart; then racing claims from several handles on one
+database. PostgreSQL runs when the test server is reachable (required when
+``PERIODIC_REQUIRE_POSTGRES=1``), on two tables of a prefix no other test uses.
+
+The durable stores call their database in worker threads. Under
+``MockClock(autojump_threshold=0)`` the clock would jump while such a call is under way
+(Trio sees every task blocked) and fire time-outs that no real time justifies:
+:class:`Frozen` holds the clock still for the length of each call, so a store call
+takes no virtual time at all, whatever the backend, and the expectations stay exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import math
+import re
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.testing
+from pg_support import drop_table, require_postgres, unique_table
+
+from periodic import Periodic
+from periodic.events import Event, Skipped, Started
+from periodic.stores import JobState, MemoryStore, RunRecord, Store
+from periodic.stores.sqlite import SQLiteStore
+from periodic.testing import serve_for
+
+UTC = datetime.timezone.utc
+T0 = datetime.datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def at(seconds: float) -> datetime.datetime:
+    return T0 + datetime.timedelta(seconds=seconds)
+
+
+# -- the backends -----------------------------------------------------------------------------
+
+KINDS = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+DURABLE = KINDS[1:]
+
+
+@attrs.define
+class Backend:
+    """One backend, on this test's own database."""
+
+    kind: str
+    #: Another handle on the test's database, with these options.
+    make: Callable[..., Store]
+    #: The SQLite file, or the PostgreSQL DSN and the prefix of the tables.
+    target: str = ""
+    prefix: str = "periodic_"
+
+    @property
+    def durable(self) -> bool:
+        return self.kind != "memory"
+
+
+def make_backend(kind: str, tmp_path: Path, cleanup: list[Callable[[], object]]) -> Backend:
+    if kind == "memory":
+        made: list[MemoryStore] = []
+
+        def memory(**options: Any) -> Store:
+            if not made:
+                made.append(MemoryStore(**options))
+            return made[0]
+
+        return Backend(kind, memory)
+    if kind == "sqlite":
+        path = str(tmp_path / "jobs.db")
+        return Backend(kind, lambda **options: SQLiteStore(path, **options), path)
+    from periodic.stores.postgres import PostgresStore
+
+    dsn = require_postgres()
+    prefix = unique_table("periodic_t") + "_"
+    for table in ("jobs", "runs"):
+        cleanup.append(lambda table=table: drop_table(dsn, prefix + table))
+    return Backend(
+        kind,
+        lambda **options: PostgresStore(dsn, table_prefix=prefix, **options),
+        dsn,
+        prefix,
+    )
+
+
+@pytest.fixture(params=KINDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    cleanup: list[Callable[[], object]] = []
+    try:
+        yield make_backend(request.param, tmp_path, cleanup)
+    finally:
+        for step in cleanup:
+            with contextlib.suppress(Exception):  # a leftover table is harmless
+                step()
+
+
+class _Hold:
+    """Keeps a MockClock from jumping while a store call runs (nested calls counted)."""
+
+    def __init__(self) -> None:
+        self._depth = 0
+        self._saved = 0.0
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        clock = trio.lowlevel.current_clock()
+        if not isinstance(clock, trio.testing.MockClock):
+            yield
+            return
+        if not self._depth:
+            self._saved = clock.autojump_threshold
+            clock.autojump_threshold = math.inf
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if not self._depth:
+                clock.autojump_threshold = self._saved
+
+
+hold = _Hold()
+
+
+@contextlib.asynccontextmanager
+async def serving(*stores: Store) -> AsyncIterator[None]:
+    """Serve the stores (those not served already) for the block; the clock held still
+    while they open and close."""
+    closing = contextlib.ExitStack()
+    try:
+        async with trio.open_nursery() as nursery:
+            with hold():
+                for store in stores:
+                    if not store.serving:
+                        await nursery.start(store.serve)
+            try:
+                yield
+            finally:
+                closing.enter_context(hold())  # until the nursery is done
+                nursery.cancel_scope.cancel()
+    finally:
+        closing.close()
+
+
+class Frozen(Store):
+    """A store whose every call takes no virtual time (see the module's docstring)."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+
+    def __repr__(self) -> str:
+        return repr(self.inner)
+
+    @property
+    def serving(self) -> bool:
+        return self.inner.serving
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        raise NotImplementedError("serve the inner store")
+
+    async def register(self, name: str, *, schedule: str, anchor: datetime.datetime) -> JobState:
+        with hold():
+            return await self.inner.register(name, schedule=schedule, anchor=anchor)
+
+    async def claim(self, name: str, **options: Any) -> int | None:
+        with hold():
+            return await self.inner.claim(name, **options)
+
+    async def finish(self, name: str, run: int, **options: Any) -> None:
+        with hold():
+            await self.inner.finish(name, run, **options)
+
+    async def jobs(self) -> list[JobState]:
+        with hold():
+            return await self.inner.jobs()
+
+    async def job(self, name: str) -> JobState | None:
+        with hold():
+            return await self.inner.job(name)
+
+    async def runs(self, name: str, *, limit: int = 20) -> list[RunRecord]:
+        with hold():
+            return await self.inner.runs(name, limit=limit)
+
+
+@pytest.fixture(params=DURABLE)
+def durable(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    cleanup: list[Callable[[], object]] = []
+    try:
+        yield make_backend(request.param, tmp_path, cleanup)
+    finally:
+        for step in cleanup:
+            with contextlib.suppress(Exception):
+                step()
+
+
+@pytest.fixture
+async def store(backend: Backend) -> AsyncIterator[Store]:
+    made = backend.make()
+    async with serving(made):
+        yield made
+
+
+def claim(
+    store: Store, slot: float, *, node: str = "a", fence: int | None = None, name: str = "j"
+) -> Any:
+    return store.claim(name, slot=at(slot), node=node, fence=fence, started_at=at(slot + 1))
+
+
+def finish(store: Store, run: int, outcome: str, *, at_: float = 0.0, name: str = "j") -> Any:
+    error = None if outcome == "ok" else f"{outcome}!"
+    return store.finish(
+        name, run, outcome=outcome, finished_at=at(at_), duration=0.25, error=error
+    )
+
+
+# -- register, job, jobs ----------------------------------------------------------------------
+
+
+async def test_register_makes_a_record_once_and_keeps_its_anchor(store: Store) -> None:
+    first = await store.register("rollup", schedule="every 10s", anchor=at(10))
+    assert first == JobState(name="rollup", schedule="every 10s", anchor=at(10))
+    assert await store.register("rollup", schedule="every 10s", anchor=at(99)) == first
+    changed = await store.register("rollup", schedule="every 20s", anchor=at(99))
+    assert changed == JobState(name="rollup", schedule="every 20s", anchor=at(10))
+    assert await store.job("rollup") == changed
+    assert await store.jobs() == [changed]
+    assert await store.job("other") is None
+
+
+async def test_register_keeps_what_the_job_has_done(store: Store) -> None:
+    await store.register("j", schedule="every 1s", anchor=at(0))
+    key = await claim(store, 5, fence=3)
+    await finish(store, key, "error", at_=7)
+    again = await store.register("j", schedule="every 2s", anchor=at(50))
+    assert again == JobState(
+        name="j",
+        schedule="every 2s",
+        anchor=at(0),
+        last_slot=at(5),
+        last_outcome="error",
+        last_node="a",
+        last_fence=3,
+        last_started_at=at(6),
+        last_finished_at=at(7),
+        consecutive_failures=1,
+    )
+
+
+async def test_jobs_are_sorted_by_name_in_code_point_order(store: Store) -> None:
+    names = ["b", "B", "a_b", "a", "ab", "é", "Z", "_x", "a b", "a-b", "Ä"]
+    for name in names:
+        await store.register(name, schedule="every 1s", anchor=at(0))
+    assert [job.name for job in await store.jobs()] == sorted(names)
+
+
+# -- claim ------------------------------------------------------------------------------------
+
+
+async def test_a_slot_is_claimed_once_and_never_one_before_the_latest(store: Store) -> None:
+    await store.register("j", schedule="every 10s", anchor=at(0))
+    first = await claim(store, 10)
+    assert isinstance(first, int)
+    assert await claim(store, 10, node="b") is None  # the same slot
+    assert await claim(store, 5, node="b") is None  # an earlier one
+    second = await claim(store, 20, node="b")
+    assert isinstance(second, int)
+    assert second != first
+    assert await store.job("j") == JobState(
+        name="j",
+        schedule="every 10s",
+        anchor=at(0),
+        last_slot=at(20),
+        last_node="b",
+        last_started_at=at(21),
+    )
+    [latest, earliest] = await store.runs("j")
+    assert latest == RunRecord(slot=at(20), node="b", fence=None, started_at=at(21))
+    assert earliest == RunRecord(slot=at(10), node="a", fence=None, started_at=at(11))
+
+
+async def test_a_job_must_be_registered_to_claim(store: Store) -> None:
+    with pytest.raises(LookupError, match="'nobody' is not registered"):
+        await claim(store, 1, name="nobody")
+
+
+async def test_fences_never_go_back_and_none_is_judged_by_the_slot_alone(store: Store) -> None:
+    await store.register("j", schedule="every 1s", anchor=at(0))
+    assert await claim(store, 1, fence=None) is not None  # no fence yet
+    assert await claim(store, 2, fence=5) is not None
+    assert await claim(store, 3, fence=4) is None  # lower after higher
+    assert await claim(store, 3, fence=5) is not None  # equal
+    assert await claim(store, 4, fence=None) is not None  # None: only the slot counts
+    state = await store.job("j")
+    assert state is not None
+    assert (state.last_slot, state.last_fence) == (at(4), None)
+    assert await claim(store, 5, fence=4) is None  # the highest fence outlives a None
+    assert await claim(store, 4, fence=9) is None  # a higher fence wins no old slot
+    assert await claim(store, 5, fence=7) is not None
+    assert await claim(store, 6, fence=6) is None
+    assert await claim(store, 6, fence=None) is not None
+    runs = await store.runs("j")
+    assert [(r.slot, r.fence) for r in runs] == [
+        (at(6), None),
+        (at(5), 7),
+        (at(4), None),
+        (at(3), 5),
+        (at(2), 5),
+        (at(1), None),
+    ]
+
+
+async def test_runs_beyond_history_are_pruned_oldest_first(backend: Backend) -> None:
+    store = backend.make(history=3)
+    async with serving(store):
+        await store.register("j", schedule="every 1s", anchor=at(0))
+        await store.register("k", schedule="every 1s", anchor=at(0))
+        other = await claim(store, 1, name="k")
+        keys = [await claim(store, slot) for slot in range(1, 6)]
+        assert [r.slot for r in await store.runs("j")] == [at(5), at(4), at(3)]
+        # Each job keeps its own.
+        assert [r.slot for r in await store.runs("k")] == [at(1)]
+        # The end of a pruned run is ignored.
+        before = (await store.job("j"), await store.runs("j"))
+        await finish(store, keys[0], "error")
+        await finish(store, keys[1], "ok")
+        assert (await store.job("j"), await store.runs("j")) == before
+        await finish(store, other, "ok", name="k")
+        [run] = await store.runs("k")
+        assert run.outcome == "ok"
+
+
+async def test_a_history_of_one_keeps_the_latest_run(backend: Backend) -> None:
+    store = backend.make(history=1)
+    async with serving(store):
+        await store.register("j", schedule="every 1s", anchor=at(0))
+        first = await claim(store, 1)
+        second = await claim(store, 2)
+        await finish(store, first, "error")
+        [run] = await store.runs("j")
+        assert (run.slot, run.outcome) == (at(2), None)
+        await finish(store, second, "timeout", at_=3)
+        [run] = await store.runs("j")
+        assert (run.slot, run.outcome, run.finished_at) == (at(2), "timeout", at(3))
+        state = await store.job("j")
+        assert state is not None
+        assert (state.last_outcome, state.consecutive_failures) == ("timeout", 1)
+
+
+# -- finish -----------------------------------------------------------------------------------
+
+
+async def test_finish_records_the_run_and_for_the_latest_slot_the_job(store: Store) -> None:
+    await store.register("j", schedule="every 10s", anchor=at(0))
+
+    async def state() -> tuple[Any, ...]:
+        job = await store.job("j")
+        assert job is not None
+        return (job.last_outcome, job.last_finished_at, job.consecutive_failures)
+
+    first = await claim(store, 10)
+    await finish(store, first, "error", at_=12)
+    [run] = await store.runs("j")
+    assert run == RunRecord(
+        slot=at(10),
+        node="a",
+        fence=None,
+        started_at=at(11),
+        finished_at=at(12),
+        outcome="error",
+        duration=0.25,
+        error="error!",
+    )
+    assert await state() == ("error", at(12), 1)
+    await finish(store, await claim(store, 20), "timeout", at_=22)
+    assert await state() == ("timeout", at(22), 2)
+    older, latest = await claim(store, 30), await claim(store, 40)
+    await finish(store, older, "ok", at_=33)  # not the latest slot: its run only
+    assert await state() == ("timeout", at(22), 2)
+    assert (await store.runs("j"))[1].outcome == "ok"
+    await finish(store, latest, "cancelled", at_=44)
+    assert await state() == ("cancelled", at(44), 0)
+    await finish(store, await claim(store, 50), "error", at_=55)
+    assert await state() == ("error", at(55), 1)
+    fifty = (await store.runs("j"))[0]
+    await finish(store, await claim(store, 60), "ok", at_=66)
+    assert await state() == ("ok", at(66), 0)
+    # A run finished again is recorded again (the scheduler never does it).
+    await finish(store, latest, "error", at_=45)
+    assert await state() == ("ok", at(66), 0)
+    assert fifty.outcome == "error"
+
+
+async def test_the_end_of_an_unknown_run_is_ignored(store: Store) -> None:
+    await store.register("j", schedule="every 10s", anchor=at(0))
+    await store.register("k", schedule="every 10s", anchor=at(0))
+    key = await claim(store, 10)
+    other = await claim(store, 10, name="k")
+    before = (await store.jobs(), await store.runs("j"), await store.runs("k"))
+    await finish(store, key + other + 1000, "error")
+    await finish(store, key, "error", name="nobody")
+    await finish(store, other, "error", name="j")  # a run of another job
+    assert (await store.jobs(), await store.runs("j"), await store.runs("k")) == before
+
+
+# -- runs -------------------------------------------------------------------------------------
+
+
+async def test_runs_are_newest_first_at_most_limit(store: Store) -> None:
+    await store.register("j", schedule="every 1s", anchor=at(0))
+    for slot in range(1, 26):
+        await claim(store, slot)
+    assert [r.slot for r in await store.runs("j", limit=2)] == [at(25), at(24)]
+    default = await store.runs("j")
+    assert [r.slot for r in default] == [at(s) for s in range(25, 5, -1)]
+    assert len(await store.runs("j", limit=100)) == 25
+    assert await store.runs("nobody") == []
+
+
+@pytest.mark.parametrize(
+    ("limit", "error"), [(0, ValueError), (-1, ValueError), (True, TypeError), (2.0, TypeError)]
+)
+async def test_a_bad_limit_is_refused(store: Store, limit: Any, error: type[Exception]) -> None:
+    with pytest.raises(error, match="limit must be an int >= 1"):
+        await store.runs("j", limit=limit)
+
+
+# -- times ------------------------------------------------------------------------------------
+
+
+async def test_times_come_back_exactly_in_utc(store: Store) -> None:
+    anchor = datetime.datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
+    slot = datetime.datetime(2026, 5, 1, 12, 0, 0, 1, tzinfo=UTC)
+    started = datetime.datetime(2026, 5, 1, 12, 0, 0, 654_321, tzinfo=UTC)
+    finished = datetime.datetime(2200, 2, 29 - 1, 23, 59, 59, 999_999, tzinfo=UTC)
+    await store.register("j", schedule="every 1s", anchor=anchor)
+    key = await store.claim("j", slot=slot, node="a", fence=None, started_at=started)
+    assert key is not None
+    await store.finish("j", key, outcome="ok", finished_at=finished, duration=1e-6, error=None)
+    state = await store.job("j")
+    [run] = await store.runs("j")
+    assert state is not None
+    got = [state.anchor, state.last_slot, state.last_started_at, state.last_finished_at]
+    got += [run.slot, run.started_at, run.finished_at]
+    assert got == [anchor, slot, started, finished, slot, started, finished]
+    for value in got:
+        assert value is not None
+        assert value.utcoffset() == datetime.timedelta(0)
+    assert run.duration == 1e-6
+
+
+async def test_a_durable_store_keeps_times_of_any_zone_as_utc(durable: Backend) -> None:
+    store = durable.make()
+    india = datetime.timezone(datetime.timedelta(hours=5, minutes=30))
+    anchor = datetime.datetime(2026, 5, 1, 17, 30, 0, 123_457, tzinfo=india)
+    async with serving(store):
+        state = await store.register("j", schedule="every 1s", anchor=anchor)
+        assert state.anchor == anchor
+        assert state.anchor.tzinfo is UTC
+        assert state.anchor.hour == 12
+        with pytest.raises(ValueError, match="slot must be a timezone-aware datetime"):
+            await store.claim(
+                "j", slot=datetime.datetime(2026, 5, 1), node="a", fence=None, started_at=anchor
+            )
+
+
+# -- serving ----------------------------------------------------------------------------------
+
+
+async def test_a_store_is_served_by_one_task_at_a_time(backend: Backend) -> None:
+    store = backend.make()
+    assert not store.serving
+    async with serving(store):
+        assert store.serving
+        with pytest.raises(RuntimeError, match="is already being served"):
+            await store.serve()
+        assert store.serving
+    assert not store.serving
+
+
+async def test_a_durable_store_is_used_only_while_served_and_keeps_its_records(
+    durable: Backend,
+) -> None:
+    store = durable.make()
+    name = re.escape(repr(store))
+    calls: list[Callable[[], Any]] = [
+        lambda: store.register("j", schedule="every 1s", anchor=at(0)),
+        lambda: claim(store, 1),
+        lambda: finish(store, 1, "ok"),
+        store.jobs,
+        lambda: store.job("j"),
+        lambda: store.runs("j"),
+    ]
+    for call in calls:
+        with pytest.raises(RuntimeError, match=f"{name} is not being served"):
+            await call()
+    async with serving(store):
+        await store.register("j", schedule="every 1s", anchor=at(0))
+        await claim(store, 1)
+    for call in calls:
+        with pytest.raises(RuntimeError, match=f"{name} is not being served"):
+            await call()
+    async with serving(store):  # served again: all is still there
+        assert [r.slot for r in await store.runs("j")] == [at(1)]
+    # Another handle on the same database sees it too (another process would).
+    other = durable.make()
+    async with serving(other):
+        state = await other.job("j")
+        assert state is not None
+        assert state.last_slot == at(1)
+
+
+# -- a job served with the store ------------------------------------------------------------
+
+
+class Wall:
+    """A wall clock that follows Trio's clock, plus a shift (a process that was down)."""
+
+    def __init__(self) -> None:
+        self.shift = 0.0
+
+    def __call__(self) -> datetime.datetime:
+        return T0 + datetime.timedelta(seconds=trio.current_time() + self.shift)
+
+
+async def nothing() -> None:
+    pass
+
+
+def summary(events: list[Event]) -> list[tuple[Any, ...]]:
+    out: list[tuple[Any, ...]] = []
+    for e in events:
+        if isinstance(e, Started):
+            out.append(("started", e.started_at, e.scheduled_at, e.fire_time))
+        elif isinstance(e, Skipped):
+            out.append(("skipped", str(e.reason), e.scheduled_at, e.count))
+    return out
+
+
+async def test_a_job_keeps_its_grid_and_catches_up_the_latest_slot_after_a_restart(
+    autojump_clock: trio.testing.MockClock, backend: Backend
+) -> None:
+    wall = Wall()
+
+    def job(store: Store) -> Periodic:
+        return Periodic(run=nothing, every=10, store=Frozen(store), wall_clock=wall, name="rollup")
+
+    first_process = backend.make()
+    async with serving(first_process):
+        first = await serve_for(job(first_process), 22)
+    assert summary(list(first)) == [
+        ("started", 10.0, 10.0, at(10)),
+        ("started", 20.0, 20.0, at(20)),
+    ]
+    wall.shift += 35  # nobody serves the job for 3.5 periods: back at wall time 57
+    second_process = backend.make()
+    async with serving(second_process):
+        again = await serve_for(job(second_process), 4)
+        assert summary(list(again)) == [
+            ("skipped", "missed", -5.0, 2),
+            ("started", 22.0, 15.0, at(50)),
+            ("started", 25.0, 25.0, at(60)),
+        ]
+        state = await Frozen(second_process).job("rollup")
+        runs = await Frozen(second_process).runs("rollup")
+    assert trio.current_time() == 26.0
+    assert state is not None
+    assert (state.anchor, state.schedule, state.last_slot) == (at(10), "every 10s", at(60))
+    assert (state.last_outcome, state.last_finished_at) == ("ok", at(60))
+    assert [(r.slot, r.started_at, r.finished_at, r.outcome, r.duration) for r in runs] == [
+        (at(60), at(60), at(60), "ok", 0.0),
+        (at(50), at(57), at(57), "ok", 0.0),
+        (at(20), at(20), at(20), "ok", 0.0),
+        (at(10), at(10), at(10), "ok", 0.0),
+    ]
+
+
+# -- races ------------------------------------------------------------------------------------
+
+
+async def race(handle: Store, node: str, slot: int, won: list[str]) -> None:
+    key = await handle.claim("race", slot=at(slot), node=node, fence=None, started_at=at(slot))
+    if key is not None:
+        won.append(node)
+
+
+async def test_racing_claims_from_several_handles_win_each_slot_once(backend: Backend) -> None:
+    handles = [backend.make() for _ in range(4)]  # as many processes (MemoryStore: one)
+    slots = 25
+    async with serving(*handles):
+        await handles[0].register("race", schedule="every 1s", anchor=at(0))
+        winners: list[str] = []
+        for slot in range(1, slots + 1):
+            won: list[str] = []
+
+            async with trio.open_nursery() as nursery:
+                for i, handle in enumerate(handles):
+                    nursery.start_soon(race, handle, f"n{i}", slot, won)
+            assert len(won) == 1, (slot, won)
+            winners.append(won[0])
+        runs = await handles[-1].runs("race", limit=100)
+    assert [(r.slot, r.node) for r in runs] == [
+        (at(slot), node) for slot, node in reversed(list(enumerate(winners, 1)))
+    ]
