@@ -39,7 +39,7 @@ def kill_connections(dsn: str) -> int:
         dsn,
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
         "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-        "AND application_name LIKE 'periodic%'",
+        "AND application_name LIKE 'periodic-store%%'",
     )
     return len(rows)
 
