@@ -15,7 +15,7 @@ import datetime
 import math
 import random
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
 import trio
@@ -79,9 +79,12 @@ class State:
     in_backlog: bool = False
     # What the store said when leadership was gained: to catch up from at the next wake.
     replan: JobState | None = None
-    # The parked serve task: woken to await the rest of a tick, or to raise a crash.
+    # The parked serve task: woken to await the rest of a tick, or to raise a crash; and
+    # whether it waits to be woken now.
     parked: trio.lowlevel.Task | None = None
+    waiting: bool = False
     rest: _Rest | None = None
+    then: Callable[[_Outcome], object] | None = None
     crash: BaseException | None = None
 
 
@@ -130,7 +133,7 @@ if TYPE_CHECKING:
         # Clocks
         def _wall_now(self) -> datetime.datetime: ...
         def _cron_due(self, fire: datetime.datetime) -> float: ...
-        def _hand_over(self, rest: _Rest) -> None: ...
+        def _hand_over(self, rest: _Rest, then: Callable[[_Outcome], object]) -> None: ...
         def _arm_now(self) -> None: ...
         def _retry_until(self) -> float: ...
         @property
@@ -212,12 +215,25 @@ class Clocks(Parts):
         return state.base + (state.k + 1) * self._every
 
     def _wake(self) -> None:
-        task = self._state.parked
-        assert task is not None
-        trio.lowlevel.reschedule(task)
+        state = self._state
+        # Not waiting: a cancellation woke serve first, and it is on its way out (it
+        # closes what was handed over). Waking it again would wake it twice.
+        if not state.waiting:
+            return
+        state.waiting = False
+        assert state.parked is not None
+        trio.lowlevel.reschedule(state.parked)
 
-    def _hand_over(self, rest: _Rest) -> None:
-        self._state.rest = rest
+    def _abort_park(self, raise_cancel: Callable[[], NoReturn]) -> trio.lowlevel.Abort:
+        self._state.waiting = False
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def _hand_over(self, rest: _Rest, then: Callable[[_Outcome], object]) -> None:
+        """Let the serve task finish this tick: await ``rest``, then call ``then`` with
+        what it returned (which arms the next tick)."""
+        state = self._state
+        state.rest = rest
+        state.then = then
         self._wake()
 
     def _crashed(self, exc: BaseException) -> None:
@@ -236,7 +252,10 @@ class Clocks(Parts):
         if state.rest is not None:  # handed over, but serve was cancelled first
             state.rest.close()
             state.rest = None
+        state.then = None
+        state.in_backlog = False
         state.parked = None
+        state.waiting = False
 
     # -- the interval clock ------------------------------------------------------------
 
@@ -247,14 +266,12 @@ class Clocks(Parts):
         else:
             outcome = self._tick_start(due, self._catch_up_regular, None)
             if not isinstance(outcome, DECIDED):
-                self._hand_over(self._regular_rest(outcome))
+                self._hand_over(outcome, self._next_regular_after)
                 return
         self._next_regular()
 
-    async def _regular_rest(self, rest: _Rest) -> _Outcome:
-        outcome = await rest
+    def _next_regular_after(self, outcome: _Outcome) -> None:
         self._next_regular()
-        return outcome
 
     def _next_regular(self) -> None:
         state = self._state
@@ -284,14 +301,9 @@ class Clocks(Parts):
         self._state.next_tick_at = None
         outcome = self._tick_start(self._state.due, None, None)
         if not isinstance(outcome, DECIDED):
-            self._hand_over(self._shifted_rest(outcome))
+            self._hand_over(outcome, self._after_shifted)
         else:
             self._after_shifted(outcome)
-
-    async def _shifted_rest(self, rest: _Rest) -> _Outcome:
-        outcome = await rest
-        self._after_shifted(outcome)
-        return outcome
 
     def _after_shifted(self, outcome: _Outcome) -> None:
         # The pause counts from the end of the run.
@@ -370,14 +382,12 @@ class Clocks(Parts):
             state.fire.astimezone(schedule.tz),
         )
         if not isinstance(outcome, DECIDED):
-            self._hand_over(self._cron_rest(outcome))
+            self._hand_over(outcome, self._next_cron_after)
         else:
             self._next_cron()
 
-    async def _cron_rest(self, rest: _Rest) -> _Outcome:
-        outcome = await rest
+    def _next_cron_after(self, outcome: _Outcome) -> None:
         self._next_cron()
-        return outcome
 
     def _next_cron(self) -> None:
         state = self._state

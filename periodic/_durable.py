@@ -20,7 +20,7 @@ from .peers._base import Peer, default_node
 from .stores._base import JobState, Store
 
 if TYPE_CHECKING:
-    from ._clocks import _Outcome, _Rest, _Schedule
+    from ._clocks import _Outcome, _Schedule
 
 _log = logging.getLogger("periodic")
 
@@ -129,26 +129,16 @@ class Durable(Parts):
         once its run is over."""
         state = self._state
         slot = state.backlog.popleft()
+        # (retries of a caught-up slot's run stop at once: see _retry_until)
         state.in_backlog = True
-        try:
-            outcome = self._tick_start(self._cron_due(slot), None, slot.astimezone(schedule.tz))
-        finally:
-            state.in_backlog = False
+        outcome = self._tick_start(self._cron_due(slot), None, slot.astimezone(schedule.tz))
         if not isinstance(outcome, DECIDED):
-            self._hand_over(self._backlog_rest(outcome))
+            self._hand_over(outcome, self._after_backlog)
         else:
             self._after_backlog(outcome)
 
-    async def _backlog_rest(self, rest: _Rest) -> _Outcome:
-        self._state.in_backlog = True
-        try:
-            outcome = await rest
-        finally:
-            self._state.in_backlog = False
-        self._after_backlog(outcome)
-        return outcome
-
     def _after_backlog(self, outcome: _Outcome) -> None:
+        self._state.in_backlog = False
         if isinstance(outcome, Run):
             outcome.on_done = self._arm_now
         else:

@@ -15,7 +15,7 @@ import inspect
 import random
 import types
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -330,13 +330,15 @@ class Periodic(EventSource, Clocks, Durable):
                         # rest of a tick, or to raise what crashed one.
                         state.parked = trio.lowlevel.current_task()
                         while True:
-                            await trio.lowlevel.wait_task_rescheduled(_abort_park)
+                            state.waiting = True
+                            await trio.lowlevel.wait_task_rescheduled(self._abort_park)
                             crash, state.crash = state.crash, None
                             if crash is not None:
                                 raise crash
                             rest, state.rest = state.rest, None
-                            if rest is not None:
-                                await rest
+                            then, state.then = state.then, None
+                            if rest is not None and then is not None:
+                                then(await rest)
                 finally:
                     self._stop_ticking()
                     await self._runs.shutdown()
@@ -488,10 +490,6 @@ class Periodic(EventSource, Clocks, Durable):
         )
         emit(event, self._runs.keys)
         return event
-
-
-def _abort_park(raise_cancel: Callable[[], NoReturn]) -> trio.lowlevel.Abort:
-    return trio.lowlevel.Abort.SUCCEEDED
 
 
 # -- the toolkit's hooks (periodic.testing) -------------------------------------------------

@@ -389,3 +389,31 @@ def test_records_are_plain_frozen_values() -> None:
     assert state.last_slot is None
     record = RunRecord(slot=at(1), node="n", fence=None, started_at=at(1))
     assert record.outcome is None
+
+
+async def test_a_tick_that_comes_as_serve_is_cancelled_does_not_wake_it(
+    autojump_clock: trio.testing.MockClock, store: MemoryStore
+) -> None:
+    # The catch-up tick of a restart reports the missed slots, and a handler of that
+    # event cancels serve: the cancellation reaches the parked serve task, and only then
+    # is the tick handed over. It must not try to wake a task that is already on its way
+    # out (that was a TrioInternalError), and no run may start.
+    wall = Wall()
+    await serve_for(job(store, wall), 22)
+    await down_for(35, wall)
+    again = job(store, wall)
+    with trio.CancelScope() as scope:
+
+        def on_missed(event: Event) -> None:
+            if isinstance(event, Skipped) and event.reason is SkipReason.MISSED:
+                scope.cancel()
+
+        with periodic.subscribe(on_missed, job=again), capture_events(again) as events:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(again.serve)
+                await trio.sleep(100)
+    assert scope.cancelled_caught
+    assert trio.current_time() == 22.0
+    assert [type(e) for e in events] == [Skipped]
+    assert not again.serving
+    assert [r.slot for r in await store.runs("rollup")] == [at(20), at(10)]
