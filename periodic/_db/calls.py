@@ -55,8 +55,8 @@ class Call:
     def abandoned(self) -> bool:
         """Whether the caller stopped waiting (timed out or cancelled).
 
-        A call that would commit a change checks it just before: its caller was told
-        the call failed, so it must not have happened.
+        A call whose change must not happen unless its caller hears of it (a claim: a
+        slot claimed by nobody who runs it) checks this just before it commits.
         """
         return self._abandoned.is_set()
 
