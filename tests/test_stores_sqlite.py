@@ -238,6 +238,45 @@ async def test_a_file_locked_by_another_process_times_out_and_the_store_recovers
         assert await store.claim("j", slot=at(1), node="a", fence=None, started_at=at(1))
 
 
+async def test_a_call_under_way_when_serve_is_cancelled_ends_before_the_file_closes(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "jobs.db"
+    store = SQLiteStore(path, call_timeout=3.0)
+    keys: list[int | None] = []
+
+    async def claim() -> None:
+        keys.append(await store.claim("j", slot=at(1), node="a", fence=None, started_at=at(1)))
+
+    async with trio.open_nursery() as nursery:
+        serving = trio.CancelScope()
+        nursery.start_soon(serve_in, store, serving)
+        with trio.fail_after(5):
+            while not store.serving:
+                await trio.sleep(0.01)
+        await store.register("j", schedule="every 1s", anchor=T0)
+        with closing(sqlite3.connect(path, isolation_level=None)) as other:
+            other.execute("BEGIN IMMEDIATE")
+            nursery.start_soon(claim)
+            await trio.sleep(0.2)  # the claim waits for the lock
+            serving.cancel()
+            await trio.sleep(0.2)
+            assert store.serving  # it waits for the claim
+            other.execute("COMMIT")
+        with trio.fail_after(5):
+            while store.serving:
+                await trio.sleep(0.01)
+    assert len(keys) == 1
+    assert keys[0] is not None
+    with pytest.raises(RuntimeError, match="is not being served"):
+        await store.job("j")
+
+
+async def serve_in(store: SQLiteStore, scope: trio.CancelScope) -> None:
+    with scope:
+        await store.serve()
+
+
 def test_a_claim_whose_caller_gave_up_is_rolled_back(tmp_path: Path) -> None:
     # The window (the lock won after the caller's time-out, before SQLite's) is too
     # narrow to hit from outside: the statement is run with a call already abandoned.
