@@ -55,8 +55,8 @@ class Call:
     def abandoned(self) -> bool:
         """Whether the caller stopped waiting (timed out or cancelled).
 
-        A call that would commit a change checks it just before: its caller was told
-        the call failed, so it must not have happened.
+        A call whose change must not happen unless its caller hears of it (a claim: a
+        slot claimed by nobody who runs it) checks this just before it commits.
         """
         return self._abandoned.is_set()
 
@@ -82,6 +82,8 @@ class ThreadCalls:
         self._owner = owner
         self._timeout = timeout
         self._limiter = trio.CapacityLimiter(threads)
+        # For the few calls that must not queue behind abandoned ones.
+        self._unlimited = trio.CapacityLimiter(math.inf)
         self._in_flight = 0
         self._idle = trio.Event()
         self._idle.set()
@@ -98,8 +100,12 @@ class ThreadCalls:
         """
         return await self.run(fn, require_open=True)
 
-    async def run(self, fn: Callable[[Call], T], *, require_open: bool = False) -> T:
-        """``fn(call)`` in a worker thread, open or not (for opening and closing).
+    async def run(
+        self, fn: Callable[[Call], T], *, require_open: bool = False, limited: bool = True
+    ) -> T:
+        """``fn(call)`` in a worker thread, open or not (for opening and closing); without
+        a place in the limiter if not ``limited`` (a close that must not wait behind
+        abandoned calls).
 
         Raises:
             RuntimeError: ``require_open`` and the backend is not open.
@@ -119,7 +125,10 @@ class ThreadCalls:
         try:
             with trio.move_on_after(self._timeout):
                 result = await trio.to_thread.run_sync(
-                    fn, call, limiter=self._limiter, abandon_on_cancel=True
+                    fn,
+                    call,
+                    limiter=self._limiter if limited else self._unlimited,
+                    abandon_on_cancel=True,
                 )
                 returned = True
                 return result
@@ -142,7 +151,8 @@ class ThreadCalls:
     async def stop(self, close: Callable[[Call], None]) -> None:
         """The end of a serve: let the calls under way end, and those that tasks cancelled
         at the same time are about to make (a run's record at shutdown), for at most
-        ``timeout``; then refuse new ones, and ``close(call)`` in a worker thread.
+        ``timeout``; then refuse new ones, and ``close(call)`` in a worker thread (it
+        must cope with abandoned calls still running).
 
         Failures to close are logged, not raised: a serve that ends is not an error.
         """
@@ -151,7 +161,7 @@ class ThreadCalls:
             await self.wait_idle()
         self.open = False
         try:
-            await self.run(close)
+            await self.run(close, limited=False)
         except Exception as exc:
             _log.warning("%r: closing the database failed: %r", self._owner, exc)
 

@@ -355,6 +355,12 @@ class PostgresStore(Store):
 
     def _configure(self, conn: db.Connection) -> None:
         db.configure(conn, self._statement_timeout)
+        # A claim's transaction lasts milliseconds. One left open longer belongs to a
+        # client that hangs or is cut off, and holds its job's row: the server ends it.
+        conn.execute(
+            "SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
+            (self._statement_timeout,),
+        )
 
     def _find_tables(self, conn: db.Connection) -> None:
         if self._sql is not None:
@@ -447,7 +453,6 @@ class PostgresStore(Store):
         raise AssertionError("unreachable")
 
     async def _run(self, fn: Callable[[db.Connection, Call], T]) -> T:
-        assert self._sql is not None or not self._calls.open
         return await self._calls(
             lambda call: self._scrubbed(
                 lambda: self._on_connection(call, lambda conn: fn(conn, call))
