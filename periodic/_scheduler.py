@@ -304,6 +304,8 @@ class Periodic(EventSource, Clocks, Durable):
         if self._schedule is not None or store is not None:
             self._wall_now()  # a broken wall clock fails here, not inside the nursery
         state.serving = True
+        if store is not None:
+            store.attach()  # the store stays open until this job has recorded its last run
         try:
             record = None
             state.schedule = self._schedule
@@ -343,6 +345,8 @@ class Periodic(EventSource, Clocks, Durable):
                     self._stop_ticking()
                     await self._runs.shutdown()
         finally:
+            if store is not None:
+                store.detach()
             state.serving = False
             state.tick_lock = None
             state.schedule = None

@@ -417,3 +417,45 @@ async def test_a_tick_that_comes_as_serve_is_cancelled_does_not_wake_it(
     assert [type(e) for e in events] == [Skipped]
     assert not again.serving
     assert [r.slot for r in await store.runs("rollup")] == [at(20), at(10)]
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_a_store_served_beside_its_jobs_records_their_last_runs(
+    kind: str, tmp_path: Any
+) -> None:
+    # Store and job in one nursery, cancelled together while a run is under way: the
+    # store stays open until the job has stopped, so the run's end is recorded. (Real
+    # time, briefly: the SQLite store's calls run in threads.)
+    from periodic.stores.sqlite import SQLiteStore
+
+    store: Store = MemoryStore() if kind == "memory" else SQLiteStore(str(tmp_path / "s.db"))
+
+    async def slow() -> None:
+        await trio.sleep(0.3)
+
+    p = Periodic(run=slow, every=0.05, name="beside", store=store, job_shutdown=5)
+    with capture_events(p) as events:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.serve)
+            await nursery.start(p.serve)
+            await events.wait_for(Started)
+            nursery.cancel_scope.cancel()
+    assert not store.serving
+    [finished] = events.of(Finished)
+    assert finished.outcome == "ok"  # it had its grace
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.serve)
+        [run] = await store.runs("beside")
+        nursery.cancel_scope.cancel()
+    assert (run.outcome, run.duration) == ("ok", finished.duration)
+
+
+async def test_a_memory_store_is_used_only_while_served_and_only_with_aware_times() -> None:
+    store = MemoryStore()
+    with pytest.raises(RuntimeError, match="is not being served"):
+        await store.register("x", schedule="s", anchor=at(0))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.serve)
+        with pytest.raises(ValueError, match="anchor must be a timezone-aware datetime"):
+            await store.register("x", schedule="s", anchor=datetime.datetime(2026, 1, 1))
+        nursery.cancel_scope.cancel()

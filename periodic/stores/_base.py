@@ -100,6 +100,35 @@ class Store(abc.ABC):
     then skips the tick with ``Skipped(reason="store_error")`` and goes on).
     """
 
+    # Jobs being served with this store (see attach()); set when the last one leaves.
+    _attached: int = 0
+    _detached: trio.Event | None = None
+
+    def attach(self) -> None:
+        """A job starts serving with this store; :meth:`detach` follows when it has stopped
+        (after its last run's end was recorded).
+
+        ``Periodic.serve`` calls both. A backend's :meth:`serve` awaits
+        :meth:`wait_detached` (shielded) before it closes, so that the jobs served in the
+        same nursery as their store, all cancelled together, still record how their last
+        runs ended.
+        """
+        self._attached += 1
+
+    def detach(self) -> None:
+        """A job that :meth:`attach` announced has stopped serving."""
+        self._attached -= 1
+        if not self._attached and self._detached is not None:
+            self._detached.set()
+            self._detached = None
+
+    async def wait_detached(self) -> None:
+        """Wait until no job is attached (at once if none is)."""
+        while self._attached:
+            if self._detached is None:
+                self._detached = trio.Event()
+            await self._detached.wait()
+
     @property
     @abc.abstractmethod
     def serving(self) -> bool:
@@ -142,6 +171,9 @@ class Store(abc.ABC):
         Returns:
             A key of the run's record (for :meth:`finish`), or ``None`` when the claim was
             refused.
+
+        Raises:
+            LookupError: The job was never registered.
         """
 
     @abc.abstractmethod

@@ -9,6 +9,7 @@ import itertools
 import attrs
 import trio
 
+from .._db import utc
 from ._base import FAILURES, JobState, RunRecord, Store, check_history, check_limit
 
 
@@ -24,7 +25,8 @@ class MemoryStore(Store):
     """A :class:`~periodic.stores.Store` in this process's memory.
 
     It keeps its claims as a database would, so tests can serve several jobs (or several
-    copies of one) on it, restart them, and read their history; it survives nothing.
+    copies of one) on it, restart them, and read their history; it survives nothing. Like
+    the durable stores, it must be served to be used, and takes aware datetimes only.
 
     Args:
         history: Runs kept per job (older ones are pruned as new ones are claimed).
@@ -56,9 +58,20 @@ class MemoryStore(Store):
             task_status.started()
             await trio.sleep_forever()
         finally:
+            with trio.CancelScope(shield=True):
+                await self.wait_detached()  # the jobs' last records first
             self._serving = False
 
+    def _check_serving(self) -> None:
+        if not self._serving:
+            raise RuntimeError(
+                f"{self!r} is not being served: start it first, e.g. "
+                "await nursery.start(store.serve)"
+            )
+
     async def register(self, name: str, *, schedule: str, anchor: datetime.datetime) -> JobState:
+        self._check_serving()
+        anchor = utc(anchor, "anchor")
         await trio.lowlevel.checkpoint()
         job = self._jobs.get(name)
         if job is None:
@@ -76,6 +89,8 @@ class MemoryStore(Store):
         fence: int | None,
         started_at: datetime.datetime,
     ) -> int | None:
+        self._check_serving()
+        slot, started_at = utc(slot, "slot"), utc(started_at, "started_at")
         await trio.lowlevel.checkpoint()
         job = self._jobs.get(name)
         if job is None:
@@ -106,6 +121,8 @@ class MemoryStore(Store):
         duration: float,
         error: str | None,
     ) -> None:
+        self._check_serving()
+        finished_at = utc(finished_at, "finished_at")
         await trio.lowlevel.checkpoint()
         job = self._jobs.get(name)
         record = None if job is None else job.runs.get(run)
@@ -125,16 +142,19 @@ class MemoryStore(Store):
             )
 
     async def jobs(self) -> list[JobState]:
+        self._check_serving()
         await trio.lowlevel.checkpoint()
         return [self._jobs[name].state for name in sorted(self._jobs)]
 
     async def job(self, name: str) -> JobState | None:
+        self._check_serving()
         await trio.lowlevel.checkpoint()
         job = self._jobs.get(name)
         return None if job is None else job.state
 
     async def runs(self, name: str, *, limit: int = 20) -> list[RunRecord]:
         check_limit(limit)
+        self._check_serving()
         await trio.lowlevel.checkpoint()
         job = self._jobs.get(name)
         if job is None:

@@ -326,6 +326,7 @@ class PostgresStore(Store):
             await trio.sleep_forever()
         finally:
             with trio.CancelScope(shield=True):
+                await self.wait_detached()  # the jobs' last records first
                 await self._calls.stop(self._close)
             self._served = False
 

@@ -416,6 +416,7 @@ class SQLiteStore(Store):
             await trio.sleep_forever()
         finally:
             with trio.CancelScope(shield=True):
+                await self.wait_detached()  # the jobs' last records first
                 await self._calls.stop(self._db.close)
             self._served = False
 
