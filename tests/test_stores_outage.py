@@ -141,5 +141,4 @@ async def test_a_server_restart_skips_ticks_and_the_job_recovers(
     # meanwhile); every one of them started no run.
     errors = [e for e in events.of(Skipped) if e.reason is SkipReason.STORE_ERROR]
     assert errors
-    assert all(isinstance(e.error, (TimeoutError, OSError, Exception)) for e in errors)
     assert not [e for e in events.of(Finished) if e.outcome == "error"]
