@@ -25,39 +25,42 @@ from ._events import (
 )
 
 
-class _NullHandler(logging.NullHandler):
-    """The library's ``NullHandler``, which still lets warnings and errors be seen.
+class _LastResort(logging.Filter):
+    """Lets the warnings and errors of ``periodic`` be seen when nothing is configured.
 
-    A ``NullHandler`` keeps a library's records from reaching Python's last-resort
-    handler (stderr), which otherwise shows any warning no handler took. That would hide
-    a failing job from an application that configured no logging at all: so when this
-    handler is the only one a record meets, it hands the record to
-    ``logging.lastResort`` itself. Any handler the application adds, anywhere on the
-    record's way up, takes over; ``logging.lastResort = None`` silences it as usual.
+    The ``periodic`` logger has a ``NullHandler`` (the library convention), which keeps its
+    records from Python's last-resort handler (stderr): that would hide a failing job from
+    an application that configured no logging at all. So, as a filter of the logger, this
+    hands a record to ``logging.lastResort`` itself when the ``NullHandler`` is the only
+    handler on the record's way up. Any handler the application adds, anywhere on that
+    way, takes over; ``logging.lastResort = None`` silences it as usual.
     """
 
-    def handle(self, record: logging.LogRecord) -> bool:
+    def filter(self, record: logging.LogRecord) -> bool:
         last_resort = logging.lastResort
         if (
             last_resort is not None
             and record.levelno >= last_resort.level
-            and not self._others_on_the_way(record)
+            and not _other_handlers(record)
         ):
             last_resort.handle(record)
         return True
 
-    def _others_on_the_way(self, record: logging.LogRecord) -> bool:
-        # Python's own test before it falls back to lastResort: any handler at all.
-        current: logging.Logger | None = logging.getLogger(record.name)
-        while current is not None:
-            if any(handler is not self for handler in current.handlers):
-                return True
-            current = current.parent if current.propagate else None
-        return False
+
+def _other_handlers(record: logging.LogRecord) -> bool:
+    # Python's own test before it falls back to lastResort: any handler at all.
+    current: logging.Logger | None = logging.getLogger(record.name)
+    while current is not None:
+        if any(handler is not _null_handler for handler in current.handlers):
+            return True
+        current = current.parent if current.propagate else None
+    return False
 
 
 logger = logging.getLogger("periodic")
-logger.addHandler(_NullHandler())
+_null_handler = logging.NullHandler()
+logger.addHandler(_null_handler)
+logger.addFilter(_LastResort())
 
 _SKIP_LEVELS = {
     SkipReason.OVERLAP: logging.INFO,
