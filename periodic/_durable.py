@@ -149,16 +149,15 @@ class Durable(Parts):
         if state.ticking and state.alarm is not None:
             state.alarm.arm(trio.current_time())
 
-    async def _watch_gains(self, peer: Peer, store: Store) -> None:
-        """When this process gains the leadership, catch up from the store what the
-        cluster missed (a leader that died, a hand-over)."""
+    async def _watch_gains(self, peer: Peer, store: Store, held: int | None) -> None:
+        """When this process gains the leadership (a fence other than ``held``), catch up
+        from the store what the cluster missed (a leader that died, a hand-over)."""
         state = self._state
-        held = peer.fence
         while True:
-            await peer.wait_change()
             fence = peer.fence
-            if fence is None or fence == held:
+            if fence == held or fence is None:
                 held = fence
+                await peer.wait_change()
                 continue
             held = fence
             try:

@@ -314,7 +314,10 @@ class Periodic(EventSource, Clocks, Durable):
             async with trio.open_nursery() as nursery:
                 self._runs.open(nursery)
                 if store is not None and self.peer is not None and self.mode is Mode.AUTO:
-                    nursery.start_soon(self._watch_gains, self.peer, store)
+                    # The fence the plan below is made under (no checkpoint in between):
+                    # a leadership gained later, even before the watch runs, is caught up.
+                    held = self.peer.fence
+                    nursery.start_soon(self._watch_gains, self.peer, store, held)
                 try:
                     # Arm, report started, and let go of task_status: holding it for the
                     # scheduler's life would keep nursery.start's machinery alive.

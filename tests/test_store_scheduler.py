@@ -459,3 +459,26 @@ async def test_a_memory_store_is_used_only_while_served_and_only_with_aware_time
         with pytest.raises(ValueError, match="anchor must be a timezone-aware datetime"):
             await store.register("x", schedule="s", anchor=datetime.datetime(2026, 1, 1))
         nursery.cancel_scope.cancel()
+
+
+async def test_a_leadership_gained_as_the_job_starts_is_caught_up(
+    autojump_clock: trio.testing.MockClock, store: MemoryStore, nursery: trio.Nursery
+) -> None:
+    # The peer leads only from right after serve started (before the job's leadership
+    # watch has run once): what the cluster missed is caught up all the same.
+    wall = Wall()
+    await serve_for(job(store, wall), 22)  # slots 10 and 20 ran
+    await down_for(35, wall)  # back at wall time 57: 30, 40 and 50 missed
+    peer = LocalPeer(leader=False)
+    await nursery.start(peer.serve)
+    p = job(store, wall, peer=peer)
+    with capture_events(p) as events:
+        async with trio.open_nursery() as inner:
+            await inner.start(p.serve)
+            peer.set_leader(True)
+            await trio.sleep(1)
+            inner.cancel_scope.cancel()
+    assert [(s.started_at, s.fire_time) for s in events.of(Started)] == [(22.0, at(50))]
+    assert [(m.count, m.scheduled_at) for m in events.find(Skipped, reason=SkipReason.MISSED)] == [
+        (2, -5.0)
+    ]
