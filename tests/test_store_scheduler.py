@@ -464,8 +464,8 @@ async def test_a_memory_store_is_used_only_while_served_and_only_with_aware_time
 async def test_a_leadership_gained_as_the_job_starts_is_caught_up(
     autojump_clock: trio.testing.MockClock, store: MemoryStore, nursery: trio.Nursery
 ) -> None:
-    # The peer leads only from right after serve started (before the job's leadership
-    # watch has run once): what the cluster missed is caught up all the same.
+    # The peer leads only from right after serve started (the serve-time plan saw a
+    # follower): what the cluster missed is caught up at the gain.
     wall = Wall()
     await serve_for(job(store, wall), 22)  # slots 10 and 20 ran
     await down_for(35, wall)  # back at wall time 57: 30, 40 and 50 missed
