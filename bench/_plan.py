@@ -105,4 +105,17 @@ SCENARIOS = (
             "periodic+postgres": {"params": {"store": "postgres"}, "requires": "psycopg_pool"},
         },
     ),
+    Scenario(
+        "s9",
+        "9. durable reminders: {pending} (SQLite) or {pending_postgres} (PostgreSQL) pending, "
+        "{due} due in the same second",
+        "reminders",
+        ("periodic+sqlite", "periodic+postgres"),
+        full={"pending": 10_000, "pending_postgres": 100_000, "due": 1000},
+        smoke={"pending": 100, "pending_postgres": 100, "due": 20},
+        variants={
+            "periodic+sqlite": {"params": {"store": "sqlite"}},
+            "periodic+postgres": {"params": {"store": "postgres"}, "requires": "psycopg_pool"},
+        },
+    ),
 )

@@ -20,6 +20,8 @@ _LABELS = {
     ("s8", "periodic+memory"): "MemoryStore",
     ("s8", "periodic+sqlite"): "SQLiteStore",
     ("s8", "periodic+postgres"): "PostgresStore",
+    ("s9", "periodic+sqlite"): "SQLiteStore",
+    ("s9", "periodic+postgres"): "PostgresStore",
 }
 
 
@@ -109,6 +111,14 @@ COLUMNS: dict[str, list[Column]] = {
         Column("≤ 100 ms %", _metric("within_100ms_pct"), "{:.2f}"),
         Column("p99 lateness ms", _metric("p99_lateness_ms"), "{:.1f}"),
         Column("startup s", _metric("startup_s"), "{:.2f}"),
+    ],
+    "s9": [
+        Column("remind median ms", _metric("remind_median_ms"), "{:.3f}"),
+        Column("remind p99 ms", _metric("remind_p99_ms"), "{:.3f}"),
+        Column("fill s", _metric("fill_s"), "{:.1f}"),
+        Column("delivered", _metric("delivered"), "{:.0f}"),
+        Column("median lateness ms", _metric("median_lateness_ms"), "{:.1f}"),
+        Column("last delivered s", _metric("last_delivered_s"), "{:.3f}"),
     ],
     "s6": [
         Column("CPU/run µs", _metric("cpu_per_run_us"), "{:.1f}"),
@@ -238,6 +248,18 @@ def targets(summary: Summary) -> list[Target]:
         "{:.2f} %",
         (prompt or 0) >= 99,
     )
+    for contender, store in (
+        ("periodic+postgres", "PostgresStore"),
+        ("periodic+sqlite", "SQLiteStore"),
+    ):
+        last = get("s9", contender, "last_delivered_s")
+        check(
+            "s9",
+            f"{store}: every reminder due in the same second delivered within 2 s",
+            last,
+            "{:.3f} s",
+            last is not None and last <= 2.0,
+        )
     ratio = _ratio("cpu_per_run_us", "periodic")(summary, "s6", "periodic+otel")
     check("s6", "CPU per run with the SDK / without (reported)", ratio, "{:.2f}x", None)
     return found

@@ -20,7 +20,7 @@ from typing import Any
 import trio
 import trio.testing
 
-from . import _durable, _jobs
+from . import _durable, _jobs, _reminders
 from ._contenders import CONTENDERS, Batch, Job
 
 
@@ -240,6 +240,7 @@ def configure_otel_sdk() -> None:
 
 SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "durable": _durable.durable,
+    "reminders": _reminders.reminders,
     "ticks": ticks,
     "many": many,
     "virtual": virtual,

@@ -86,6 +86,7 @@ class _Instruments:
     running: metrics.UpDownCounter
     leadership: metrics.Counter
     elections: metrics.Counter
+    pending: metrics.ObservableGauge
 
     @classmethod
     def create(
@@ -134,7 +135,21 @@ class _Instruments:
                 unit="{election}",
                 description="Lease elections a peer took part in, by result.",
             ),
+            pending=meter.create_observable_gauge(
+                "periodic.reminders.pending",
+                callbacks=[_observe_pending],
+                unit="{reminder}",
+                description="Reminders pending in the store, by Reminders' name.",
+            ),
         )
+
+
+# The latest count of pending reminders of each Reminders being served, by name.
+_pending: dict[str, int] = {}
+
+
+def _observe_pending(options: metrics.CallbackOptions) -> list[metrics.Observation]:
+    return [metrics.Observation(count, _attrs(name)) for name, count in _pending.items()]
 
 
 def _histogram(
@@ -407,6 +422,20 @@ _subscription = subscribe(_subscriber)
 def record_election(name: str, result: str) -> None:
     """Count one lease election of the peer ``name``: ``leader``, ``follower``, ``error``."""
     _subscriber.record_election(name, result)
+
+
+def record_reminders_pending(name: str, count: int | None) -> None:
+    """The count of pending reminders of the ``Reminders`` called ``name``, read from its
+    store just now; ``None`` when it stops being served (the gauge forgets it)."""
+    if count is None:
+        _pending.pop(name, None)
+        return
+    _pending[name] = count
+    if _subscriber._active():
+        try:
+            _subscriber._get_instruments()  # the gauge, observed at each collection
+        except Exception:
+            _log.exception("OpenTelemetry raised while making the reminders' gauge")
 
 
 def _use_providers(

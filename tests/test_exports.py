@@ -12,6 +12,7 @@ PUBLIC_MODULES = [
     "periodic.events",
     "periodic.exceptions",
     "periodic.peers",
+    "periodic.reminders",
     "periodic.stores",
     "periodic.testing",
 ]

@@ -9,6 +9,7 @@ are the durable ones; both are importable from here too, their driver loaded on 
 from typing import TYPE_CHECKING, Any
 
 from ._base import JobState as JobState
+from ._base import ReminderStore as ReminderStore
 from ._base import RunRecord as RunRecord
 from ._base import Store as Store
 from .memory import MemoryStore as MemoryStore
@@ -21,6 +22,7 @@ __all__ = [
     "JobState",
     "MemoryStore",
     "PostgresStore",
+    "ReminderStore",
     "RunRecord",
     "SQLiteStore",
     "Store",

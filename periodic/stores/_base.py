@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import datetime
+from collections.abc import Callable
 
 import attrs
 import trio
@@ -208,6 +209,160 @@ class Store(abc.ABC):
 
 def check_limit(limit: object) -> int:
     """The ``limit`` of :meth:`Store.runs`.
+
+    Raises:
+        TypeError: Not an int.
+        ValueError: Less than 1.
+    """
+    return _count("limit", limit)
+
+
+# -- reminders --------------------------------------------------------------------------------
+
+#: The longest reminder key, in characters.
+MAX_KEY = 200
+
+
+@attrs.frozen(kw_only=True)
+class Reminder:
+    """One version of a durable reminder; see :class:`periodic.reminders.Reminders`.
+
+    Attributes:
+        key: Its key, unique within its :class:`~periodic.reminders.Reminders`' name.
+        fire_at: When it is due (aware UTC).
+        payload: The JSON value it was set with (decoded afresh from the store).
+        fence: The id of this version: setting the key again makes a new version with a
+            larger fence. Fences grow strictly across all keys and names of one store,
+            so a handler can dedupe (and order) deliveries by it.
+        attempt: For a delivery, which delivery of this version it is (1 for the first;
+            more after a failed handler or a process that died mid-delivery). For a
+            pending reminder, the delivery it waits for; for a failed one, the last.
+        error: For a reminder kept as failed (or waiting to be retried), what its last
+            delivery raised, as text; else ``None``.
+    """
+
+    key: str
+    fire_at: datetime.datetime
+    payload: object
+    fence: int
+    attempt: int = 1
+    error: str | None = None
+
+
+class ReminderStore(abc.ABC):
+    """Where :class:`~periodic.reminders.Reminders` keep their reminders.
+
+    Every store of :mod:`periodic.stores` implements it. Keys are namespaced by ``name``
+    (the ``Reminders``' name). A reminder is *due* when its due time has come: its
+    ``fire_at`` at first, then the time of its next retry, or the end of the claim of a
+    delivery under way. Payloads are handed over as JSON text and come back decoded.
+    Times are aware datetimes; a store with a clock of its own (PostgreSQL) judges
+    claims and retries by that clock rather than by the ``now`` it is given.
+    """
+
+    #: Seconds between reads of the store by a waiting deliverer, for what other
+    #: processes set; ``None`` when the store tells of every change itself.
+    reminder_poll: float | None = None
+
+    # In-process listeners of listen_reminders(), by name.
+    _reminder_listeners: dict[str, list[Callable[[], object]]] | None = None
+
+    @abc.abstractmethod
+    async def set_reminder(
+        self, name: str, key: str, *, fire_at: datetime.datetime, payload: str
+    ) -> Reminder:
+        """Set the reminder ``key`` (replacing any version of it, a failed one included)
+        with a new fence, atomically; return it once committed."""
+
+    @abc.abstractmethod
+    async def cancel_reminder(self, name: str, key: str) -> bool:
+        """Remove the reminder ``key``, pending or failed; whether there was one."""
+
+    @abc.abstractmethod
+    async def get_reminder(self, name: str, key: str) -> Reminder | None:
+        """The pending (not failed) reminder ``key``, or ``None``."""
+
+    @abc.abstractmethod
+    async def pending_reminders(self, name: str, *, limit: int) -> list[Reminder]:
+        """Pending reminders, soonest due first (then by fence), at most ``limit``."""
+
+    @abc.abstractmethod
+    async def failed_reminders(self, name: str, *, limit: int) -> list[Reminder]:
+        """Reminders kept as failed, oldest ``fire_at`` first, at most ``limit``."""
+
+    @abc.abstractmethod
+    async def count_reminders(self, name: str) -> int:
+        """How many reminders are pending (not failed)."""
+
+    @abc.abstractmethod
+    async def next_reminder_due(self, name: str) -> datetime.datetime | None:
+        """The soonest due time of a pending reminder (a claimed one: its claim's end)."""
+
+    @abc.abstractmethod
+    async def claim_reminders(
+        self, name: str, *, now: datetime.datetime, claim_ttl: float, limit: int
+    ) -> list[Reminder]:
+        """Claim at most ``limit`` due reminders for delivery, soonest due first,
+        atomically: each is due again only ``claim_ttl`` seconds later, and its attempt
+        counts one more. Returns them with that attempt."""
+
+    @abc.abstractmethod
+    async def complete_reminder(self, name: str, key: str, fence: int) -> bool:
+        """Delete the reminder ``key`` if its version is still ``fence`` (a newer version
+        set meanwhile stays); whether it was deleted."""
+
+    @abc.abstractmethod
+    async def retry_reminder(
+        self,
+        name: str,
+        key: str,
+        fence: int,
+        *,
+        now: datetime.datetime,
+        delay: float | None,
+        error: str | None,
+    ) -> None:
+        """A delivery of version ``fence`` failed: make it due ``delay`` seconds from
+        now, or keep it as failed when ``delay`` is ``None``. A newer version is left
+        alone."""
+
+    @abc.abstractmethod
+    async def release_reminder(
+        self, name: str, key: str, fence: int, *, now: datetime.datetime
+    ) -> None:
+        """A delivery of version ``fence`` was stopped before it ended (a shutdown): make
+        it due now, and take back the attempt it counted."""
+
+    async def listen_reminders(
+        self,
+        name: str,
+        notify: Callable[[], object],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Call ``notify()`` when a reminder of ``name`` may have become due sooner,
+        until cancelled: here, when this process set one; a backend that hears of other
+        processes' changes does more."""
+        listeners = self._reminder_listeners
+        if listeners is None:
+            listeners = self._reminder_listeners = {}
+        mine = listeners.setdefault(name, [])
+        mine.append(notify)
+        try:
+            task_status.started()
+            await trio.sleep_forever()
+        finally:
+            mine.remove(notify)
+
+    def _reminder_set(self, name: str) -> None:
+        """Tell this process's listeners of ``name`` that a reminder was set."""
+        listeners = self._reminder_listeners
+        for notify in listeners.get(name, ()) if listeners else ():
+            notify()
+
+
+def check_reminder_limit(limit: object) -> int:
+    """The ``limit`` of the reminder listings.
 
     Raises:
         TypeError: Not an int.

@@ -5,12 +5,22 @@ from __future__ import annotations
 import collections
 import datetime
 import itertools
+import json
 
 import attrs
 import trio
 
 from .._db import utc
-from ._base import FAILURES, JobState, RunRecord, Store, check_history, check_limit
+from ._base import (
+    FAILURES,
+    JobState,
+    Reminder,
+    ReminderStore,
+    RunRecord,
+    Store,
+    check_history,
+    check_limit,
+)
 
 
 @attrs.define(eq=False)
@@ -21,7 +31,32 @@ class _Job:
     runs: collections.OrderedDict[int, RunRecord] = attrs.field(factory=collections.OrderedDict)
 
 
-class MemoryStore(Store):
+@attrs.define(eq=False)
+class _Reminder:
+    key: str
+    fence: int
+    fire_at: datetime.datetime
+    due_at: datetime.datetime
+    payload: str
+    attempts: int = 0
+    failed: bool = False
+    error: str | None = None
+
+    def record(self, attempt: int) -> Reminder:
+        return Reminder(
+            key=self.key,
+            fire_at=self.fire_at,
+            payload=json.loads(self.payload),
+            fence=self.fence,
+            attempt=attempt,
+            error=self.error,
+        )
+
+    def pending(self) -> Reminder:
+        return self.record(self.attempts + 1)
+
+
+class MemoryStore(Store, ReminderStore):
     """A :class:`~periodic.stores.Store` in this process's memory.
 
     It keeps its claims as a database would, so tests can serve several jobs (or several
@@ -39,6 +74,8 @@ class MemoryStore(Store):
         self._history = check_history(history)
         self._jobs: dict[str, _Job] = {}
         self._keys = itertools.count(1)
+        self._reminders: dict[str, dict[str, _Reminder]] = {}
+        self._fences = itertools.count(1)
         self._serving = False
 
     def __repr__(self) -> str:
@@ -160,3 +197,103 @@ class MemoryStore(Store):
         if job is None:
             return []
         return list(reversed(job.runs.values()))[:limit]
+
+    # -- reminders ------------------------------------------------------------------------
+
+    async def _of(self, name: str) -> dict[str, _Reminder]:
+        self._check_serving()
+        await trio.lowlevel.checkpoint()
+        return self._reminders.setdefault(name, {})
+
+    def _find(self, name: str, key: str, fence: int) -> _Reminder | None:
+        found = self._reminders.get(name, {}).get(key)
+        return found if found is not None and found.fence == fence else None
+
+    async def set_reminder(
+        self, name: str, key: str, *, fire_at: datetime.datetime, payload: str
+    ) -> Reminder:
+        fire_at = utc(fire_at, "fire_at")
+        found = await self._of(name)
+        found[key] = made = _Reminder(key, next(self._fences), fire_at, fire_at, payload)
+        self._reminder_set(name)
+        return made.pending()
+
+    async def cancel_reminder(self, name: str, key: str) -> bool:
+        return (await self._of(name)).pop(key, None) is not None
+
+    async def get_reminder(self, name: str, key: str) -> Reminder | None:
+        found = (await self._of(name)).get(key)
+        return None if found is None or found.failed else found.pending()
+
+    async def pending_reminders(self, name: str, *, limit: int) -> list[Reminder]:
+        check_limit(limit)
+        pending = self._pending(await self._of(name))
+        return [r.pending() for r in pending[:limit]]
+
+    async def failed_reminders(self, name: str, *, limit: int) -> list[Reminder]:
+        check_limit(limit)
+        failed = [r for r in (await self._of(name)).values() if r.failed]
+        failed.sort(key=lambda r: (r.fire_at, r.fence))
+        return [r.record(r.attempts) for r in failed[:limit]]
+
+    async def count_reminders(self, name: str) -> int:
+        return sum(not r.failed for r in (await self._of(name)).values())
+
+    async def next_reminder_due(self, name: str) -> datetime.datetime | None:
+        found = await self._of(name)
+        return min((r.due_at for r in found.values() if not r.failed), default=None)
+
+    @staticmethod
+    def _pending(found: dict[str, _Reminder]) -> list[_Reminder]:
+        pending = [r for r in found.values() if not r.failed]
+        pending.sort(key=lambda r: (r.due_at, r.fence))
+        return pending
+
+    async def claim_reminders(
+        self, name: str, *, now: datetime.datetime, claim_ttl: float, limit: int
+    ) -> list[Reminder]:
+        now = utc(now, "now")
+        due = [r for r in self._pending(await self._of(name)) if r.due_at <= now][:limit]
+        until = now + datetime.timedelta(seconds=claim_ttl)
+        for r in due:
+            r.due_at = until
+            r.attempts += 1
+        return [r.record(r.attempts) for r in due]
+
+    async def complete_reminder(self, name: str, key: str, fence: int) -> bool:
+        await self._of(name)
+        if self._find(name, key, fence) is None:
+            return False
+        del self._reminders[name][key]
+        return True
+
+    async def retry_reminder(
+        self,
+        name: str,
+        key: str,
+        fence: int,
+        *,
+        now: datetime.datetime,
+        delay: float | None,
+        error: str | None,
+    ) -> None:
+        now = utc(now, "now")
+        await self._of(name)
+        found = self._find(name, key, fence)
+        if found is None:
+            return
+        found.error = error
+        if delay is None:
+            found.failed = True
+        else:
+            found.due_at = now + datetime.timedelta(seconds=delay)
+
+    async def release_reminder(
+        self, name: str, key: str, fence: int, *, now: datetime.datetime
+    ) -> None:
+        now = utc(now, "now")
+        await self._of(name)
+        found = self._find(name, key, fence)
+        if found is not None:
+            found.due_at = now
+            found.attempts -= 1

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
+import hashlib
+import json
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -16,7 +19,16 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from .._db import TableName, table_prefix, utc
 from .._db import postgres as db
 from .._db.calls import Call, ThreadCalls, open_retrying, seconds
-from ._base import FAILURES, JobState, RunRecord, Store, check_history, check_limit
+from ._base import (
+    FAILURES,
+    JobState,
+    Reminder,
+    ReminderStore,
+    RunRecord,
+    Store,
+    check_history,
+    check_limit,
+)
 
 __all__ = ["PostgresStore"]
 
@@ -149,6 +161,129 @@ _RUNS = f"""
 SELECT {_RUN_FIELDS} FROM {{runs}} WHERE job = %(name)s ORDER BY id DESC LIMIT %(limit)s"""
 
 
+# -- reminders ----------------------------------------------------------------------------
+
+# Fences come from a sequence of their own: strictly increasing across every version of
+# every key (a replaced key takes its new fence under the row's lock, so a later version
+# always has the larger one).
+_CREATE_SEQUENCE = "CREATE SEQUENCE IF NOT EXISTS {sequence}"
+_CREATE_REMINDERS = """
+CREATE TABLE IF NOT EXISTS {table} (
+    fence bigint PRIMARY KEY,
+    name text NOT NULL,
+    key text NOT NULL,
+    fire_at timestamptz NOT NULL,
+    due_at timestamptz NOT NULL,
+    payload text NOT NULL,
+    attempts integer NOT NULL DEFAULT 0,
+    failed boolean NOT NULL DEFAULT false,
+    error text,
+    UNIQUE (name, key)
+)"""
+_CREATE_DUE_INDEX = "CREATE INDEX IF NOT EXISTS {index} ON {r} (name, due_at) WHERE NOT failed"
+_REMINDER_COLUMNS = {
+    "fence": ("bigint",),
+    "name": _TEXT,
+    "key": _TEXT,
+    "fire_at": _TIME,
+    "due_at": _TIME,
+    "payload": _TEXT,
+    "attempts": ("integer", "bigint"),
+    "failed": ("boolean",),
+    "error": _TEXT,
+}
+_REMINDER_FIELDS = "key, fire_at, payload, fence, attempts, error"
+
+# Tell the deliverers (LISTEN on the channel) unless a reminder of the name is due as
+# soon: those wake by then anyway, and read what is due next.
+_SET_REMINDER = f"""
+WITH made AS (
+    INSERT INTO {{r}} (fence, name, key, fire_at, due_at, payload)
+    VALUES (nextval(%(sequence)s), %(name)s, %(key)s, %(fire_at)s, %(fire_at)s, %(payload)s)
+    ON CONFLICT (name, key) DO UPDATE SET
+        fence = nextval(%(sequence)s),
+        fire_at = EXCLUDED.fire_at,
+        due_at = EXCLUDED.due_at,
+        payload = EXCLUDED.payload,
+        attempts = 0,
+        failed = false,
+        error = NULL
+    RETURNING {_REMINDER_FIELDS}
+), told AS (
+    SELECT pg_notify(%(channel)s, %(name)s) WHERE NOT EXISTS (
+        SELECT FROM {{r}} WHERE name = %(name)s AND key <> %(key)s AND NOT failed
+        AND due_at <= %(fire_at)s
+    )
+)
+SELECT {_REMINDER_FIELDS}, (SELECT count(*) FROM told) FROM made"""
+# A batch of due reminders, claimed by the database's clock; rows another deliverer is
+# claiming right now are skipped, not waited for.
+_CLAIM_REMINDERS = f"""
+WITH due AS (
+    SELECT fence FROM {{r}}
+    WHERE name = %(name)s AND NOT failed AND due_at <= now()
+    ORDER BY due_at, fence LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {{r}} AS r SET
+    due_at = now() + %(ttl)s * interval '1 second',
+    attempts = r.attempts + 1
+FROM due WHERE r.fence = due.fence
+RETURNING {", ".join("r." + f for f in _REMINDER_FIELDS.split(", "))}"""
+_VERSION = "WHERE name = %(name)s AND key = %(key)s AND fence = %(fence)s"
+_REMINDER_STATEMENTS = {
+    "set": _SET_REMINDER,
+    "claim": _CLAIM_REMINDERS,
+    "cancel": "DELETE FROM {r} WHERE name = %(name)s AND key = %(key)s",
+    "get": f"SELECT {_REMINDER_FIELDS} FROM {{r}} "
+    "WHERE name = %(name)s AND key = %(key)s AND NOT failed",
+    "pending": f"SELECT {_REMINDER_FIELDS} FROM {{r}} WHERE name = %(name)s AND NOT failed "
+    "ORDER BY due_at, fence LIMIT %(limit)s",
+    "failed": f"SELECT {_REMINDER_FIELDS} FROM {{r}} WHERE name = %(name)s AND failed "
+    "ORDER BY fire_at, fence LIMIT %(limit)s",
+    "count": "SELECT count(*) FROM {r} WHERE name = %(name)s AND NOT failed",
+    "next": "SELECT min(due_at) FROM {r} WHERE name = %(name)s AND NOT failed",
+    "complete": "DELETE FROM {r} " + _VERSION,
+    "retry": "UPDATE {r} SET due_at = now() + %(delay)s * interval '1 second', "
+    "error = %(error)s " + _VERSION,
+    "fail": "UPDATE {r} SET failed = true, error = %(error)s " + _VERSION,
+    "release": "UPDATE {r} SET due_at = now(), attempts = attempts - 1 " + _VERSION,
+}
+# A channel is an identifier: at most 63 bytes, or LISTEN and pg_notify() disagree.
+_CHANNEL_BYTES = 63
+
+
+def _channel(schema: str, table: str) -> str:
+    """The notification channel of the reminders' table: its name, or a digest of it."""
+    qualified = f"{schema}.{table}"
+    if len(qualified.encode()) <= _CHANNEL_BYTES:
+        return qualified
+    return f"periodic_{hashlib.sha256(qualified.encode()).hexdigest()[:40]}"
+
+
+def _reminder(row: tuple[Any, ...], next_attempt: bool = False) -> Reminder:
+    key, fire_at, payload, fence, attempts, error = row[:6]
+    return Reminder(
+        key=key,
+        fire_at=fire_at.astimezone(UTC),
+        payload=json.loads(payload),
+        fence=fence,
+        attempt=attempts + 1 if next_attempt else attempts,
+        error=error,
+    )
+
+
+class _Reminders:
+    """The reminders' statements, their sequence and their channel."""
+
+    def __init__(self, table: sql.Identifier, sequence: str, channel: str) -> None:
+        self.sql = {
+            what: sql.SQL(text).format(r=table) for what, text in _REMINDER_STATEMENTS.items()
+        }
+        self.sequence = sequence
+        self.channel = channel
+
+
 def _time(value: datetime.datetime | None) -> datetime.datetime | None:
     return None if value is None else value.astimezone(UTC)
 
@@ -203,7 +338,7 @@ class _Statements:
         self.runs = make(_RUNS)
 
 
-class PostgresStore(Store):
+class PostgresStore(Store, ReminderStore):
     """A :class:`~periodic.stores.Store` in PostgreSQL: processes on many hosts.
 
     psycopg 3's synchronous driver runs in worker threads (its async API does not run on
@@ -213,7 +348,9 @@ class PostgresStore(Store):
     without a peer, or leaders of a split brain) never claim a slot twice, and a process
     killed in the middle of one leaves nothing of it behind.
 
-    Two tables, made on first use unless ``create_tables=False``::
+    Two tables, made on first use unless ``create_tables=False`` (and, on the first use of
+    :class:`~periodic.reminders.Reminders`, a table ``periodic_reminders`` with its
+    sequence ``periodic_reminder_fences``: see the "Durable reminders" page)::
 
         CREATE TABLE periodic_jobs (
             name text PRIMARY KEY, schedule text NOT NULL, anchor timestamptz NOT NULL,
@@ -267,6 +404,10 @@ class PostgresStore(Store):
     MIN_CONNECTIONS = 1
     MAX_CONNECTIONS = 4
 
+    #: A deliverer hears of new reminders by NOTIFY; it also reads the table this often,
+    #: in case one was missed while its listening connection was being replaced.
+    reminder_poll = 30.0
+
     def __init__(
         self,
         dsn: str,
@@ -294,6 +435,8 @@ class PostgresStore(Store):
         # Found at the first serve, then fixed: every statement names the same tables
         # however the search_path of a later connection reads.
         self._sql: _Statements | None = None
+        self._schema: str | None = None
+        self._reminders: _Reminders | None = None
         self._pool: ConnectionPool[db.Connection] | None = None
         self._served = False
 
@@ -393,6 +536,7 @@ class PostgresStore(Store):
             with contextlib.suppress(errors.UniqueViolation, errors.DuplicateTable):
                 conn.execute(index)
         self._sql = _Statements(sql.Identifier(schema, jobs), sql.Identifier(schema, runs))
+        self._schema = schema
         hint = (
             ""
             if self._tables.schema
@@ -602,6 +746,194 @@ class PostgresStore(Store):
         )
         return [_run_record(row) for row in rows]
 
+    # -- reminders (see ReminderStore; every method raises RuntimeError when the store is
+    # not being served, TimeoutError after call_timeout, psycopg.Error when the database
+    # fails) --------------------------------------------------------------------------
+
+    def _find_reminders(self, conn: db.Connection) -> _Reminders:
+        """The reminders' table and sequence, beside the jobs' table: made or checked on
+        the first use of reminders (a store whose jobs use none needs neither)."""
+        found = self._reminders
+        if found is not None:
+            return found
+        schema = self._schema
+        assert schema is not None
+        prefix = self._tables.name
+        sequence = sql.Identifier(schema, f"{prefix}reminder_fences")
+        if self._create:
+            with contextlib.suppress(errors.UniqueViolation, errors.DuplicateTable):
+                conn.execute(sql.SQL(_CREATE_SEQUENCE).format(sequence=sequence))
+        _, table = db.find_table(
+            conn,
+            TableName(schema, f"{prefix}reminders"),
+            columns=_REMINDER_COLUMNS,
+            key="fence",
+            create=_CREATE_REMINDERS if self._create else None,
+            name_option="table_prefix",
+            create_option="create_tables",
+        )
+        if self._create:
+            index = sql.SQL(_CREATE_DUE_INDEX).format(
+                index=sql.Identifier(f"{prefix}reminders_due"),
+                r=sql.Identifier(schema, table),
+            )
+            with contextlib.suppress(errors.UniqueViolation, errors.DuplicateTable):
+                conn.execute(index)
+        found = self._reminders = _Reminders(
+            sql.Identifier(schema, table), sequence.as_string(conn), _channel(schema, table)
+        )
+        return found
+
+    async def _reminder_call(
+        self, what: str, params: dict[str, Any], *, rows: bool = True
+    ) -> list[tuple[Any, ...]]:
+        def call(conn: db.Connection, _: Call) -> list[tuple[Any, ...]]:
+            found = self._find_reminders(conn)
+            cursor = conn.execute(found.sql[what], params)
+            return cursor.fetchall() if rows else [(cursor.rowcount,)]
+
+        return await self._run(call)
+
+    async def set_reminder(
+        self, name: str, key: str, *, fire_at: datetime.datetime, payload: str
+    ) -> Reminder:
+        fire_at = utc(fire_at, "fire_at")
+
+        def call(conn: db.Connection, _: Call) -> tuple[Any, ...]:
+            found = self._find_reminders(conn)
+            params = {
+                "name": name,
+                "key": key,
+                "fire_at": fire_at,
+                "payload": payload,
+                "sequence": found.sequence,
+                "channel": found.channel,
+            }
+            row = conn.execute(found.sql["set"], params).fetchone()
+            assert row is not None
+            return row
+
+        made = _reminder(await self._run(call), next_attempt=True)
+        self._reminder_set(name)
+        return made
+
+    async def cancel_reminder(self, name: str, key: str) -> bool:
+        done = await self._reminder_call("cancel", {"name": name, "key": key}, rows=False)
+        return bool(done[0][0])
+
+    async def get_reminder(self, name: str, key: str) -> Reminder | None:
+        rows = await self._reminder_call("get", {"name": name, "key": key})
+        return _reminder(rows[0], next_attempt=True) if rows else None
+
+    async def pending_reminders(self, name: str, *, limit: int) -> list[Reminder]:
+        check_limit(limit)
+        rows = await self._reminder_call("pending", {"name": name, "limit": limit})
+        return [_reminder(row, next_attempt=True) for row in rows]
+
+    async def failed_reminders(self, name: str, *, limit: int) -> list[Reminder]:
+        check_limit(limit)
+        rows = await self._reminder_call("failed", {"name": name, "limit": limit})
+        return [_reminder(row) for row in rows]
+
+    async def count_reminders(self, name: str) -> int:
+        return int((await self._reminder_call("count", {"name": name}))[0][0])
+
+    async def next_reminder_due(self, name: str) -> datetime.datetime | None:
+        return _time((await self._reminder_call("next", {"name": name}))[0][0])
+
+    async def claim_reminders(
+        self, name: str, *, now: datetime.datetime, claim_ttl: float, limit: int
+    ) -> list[Reminder]:
+        utc(now, "now")  # the database's clock decides
+        params = {"name": name, "ttl": claim_ttl, "limit": limit}
+
+        def claim(conn: db.Connection, call: Call) -> list[tuple[Any, ...]]:
+            found = self._find_reminders(conn)
+            with conn.transaction():
+                rows = conn.execute(found.sql["claim"], params).fetchall()
+                # The caller was told the claim failed: it must not have happened.
+                if call.abandoned:
+                    raise _Abandoned
+            return rows
+
+        rows = await self._run(claim)
+        return sorted((_reminder(row) for row in rows), key=lambda r: (r.fire_at, r.fence))
+
+    async def complete_reminder(self, name: str, key: str, fence: int) -> bool:
+        params = {"name": name, "key": key, "fence": fence}
+        return bool((await self._reminder_call("complete", params, rows=False))[0][0])
+
+    async def retry_reminder(
+        self,
+        name: str,
+        key: str,
+        fence: int,
+        *,
+        now: datetime.datetime,
+        delay: float | None,
+        error: str | None,
+    ) -> None:
+        utc(now, "now")
+        params = {"name": name, "key": key, "fence": fence, "delay": delay, "error": error}
+        await self._reminder_call("fail" if delay is None else "retry", params, rows=False)
+
+    async def release_reminder(
+        self, name: str, key: str, fence: int, *, now: datetime.datetime
+    ) -> None:
+        utc(now, "now")
+        params = {"name": name, "key": key, "fence": fence}
+        await self._reminder_call("release", params, rows=False)
+
+    async def listen_reminders(
+        self,
+        name: str,
+        notify: Callable[[], object],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """As :meth:`ReminderStore.listen_reminders`, and for the reminders other
+        processes set too: ``LISTEN`` on a connection of its own."""
+        found = await self._run(lambda conn, _: self._find_reminders(conn))
+
+        def connect() -> db.Connection:
+            conn = db.connect(self._conninfo, self._statement_timeout)
+            try:
+                conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(found.channel)))
+            except BaseException:
+                conn.close()
+                raise
+            return conn
+
+        link = db.Link(connect)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(super().listen_reminders, name, notify)
+                task_status.started()
+                while True:
+                    try:
+                        heard = await trio.to_thread.run_sync(
+                            functools.partial(self._hear, link, name), abandon_on_cancel=True
+                        )
+                    except Exception as exc:
+                        _log.warning(
+                            "%r: listening for reminders failed (%r); again in 1 s", self, exc
+                        )
+                        await trio.sleep(1.0)
+                        heard = True  # what was said meanwhile was not heard
+                    if heard:
+                        notify()
+        finally:
+            link.close(0)
+
+    def _hear(self, link: db.Link, name: str) -> bool:
+        """Wait a second at most for a notification of ``name``; whether one came."""
+
+        def listen(conn: db.Connection) -> bool:
+            return any(n.payload == name for n in conn.notifies(timeout=1.0))
+
+        return self._scrubbed(lambda: link.run(listen, self._call_timeout))
+
 
 def _check_prefix(value: object) -> TableName:
-    return table_prefix(value, qualified=True, suffixes=("jobs", "runs", "runs_job"))
+    suffixes = ("jobs", "runs", "runs_job", "reminders", "reminders_due", "reminder_fences")
+    return table_prefix(value, qualified=True, suffixes=suffixes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import logging
 import os
 import sqlite3
@@ -16,7 +17,16 @@ import trio
 from .._db import Fault, table_prefix, utc
 from .._db import sqlite as db
 from .._db.calls import Call, ThreadCalls, open_retrying, seconds
-from ._base import FAILURES, JobState, RunRecord, Store, check_history, check_limit
+from ._base import (
+    FAILURES,
+    JobState,
+    Reminder,
+    ReminderStore,
+    RunRecord,
+    Store,
+    check_history,
+    check_limit,
+)
 
 __all__ = ["SQLiteStore"]
 
@@ -70,6 +80,28 @@ _RUN_COLUMNS = {
     "duration": ("REAL", "NUMERIC"),
     "error": ("TEXT",),
 }
+# AUTOINCREMENT: SQLite's own counter of the table (in sqlite_sequence, written in the
+# same transaction) makes the fences, strictly increasing and never given twice; setting
+# a key again deletes its row and inserts a new one.
+_CREATE_REMINDERS = (
+    "CREATE TABLE IF NOT EXISTS {table} ("
+    "fence INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, key TEXT NOT NULL, "
+    "fire_at INTEGER NOT NULL, due_at INTEGER NOT NULL, payload TEXT NOT NULL, "
+    "attempts INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0, error TEXT, "
+    "UNIQUE (name, key))"
+)
+_REMINDER_COLUMNS = {
+    "fence": ("INTEGER",),
+    "name": ("TEXT",),
+    "key": ("TEXT",),
+    "fire_at": ("INTEGER",),
+    "due_at": ("INTEGER",),
+    "payload": ("TEXT",),
+    "attempts": ("INTEGER",),
+    "failed": ("INTEGER",),
+    "error": ("TEXT",),
+}
+_REMINDER_FIELDS = "key, fire_at, payload, fence, attempts, error"
 _JOB_FIELDS = ", ".join(_JOB_COLUMNS)
 _RUN_FIELDS = "slot, node, fence, started_at, finished_at, outcome, duration, error"
 
@@ -112,6 +144,18 @@ def _run_record(row: tuple[Any, ...]) -> RunRecord:
     )
 
 
+def _reminder(row: tuple[Any, ...], next_attempt: bool = False) -> Reminder:
+    key, fire_at, payload, fence, attempts, error = row
+    return Reminder(
+        key=key,
+        fire_at=_EPOCH + datetime.timedelta(microseconds=fire_at),
+        payload=json.loads(payload),
+        fence=fence,
+        attempt=attempts + 1 if next_attempt else attempts,
+        error=error,
+    )
+
+
 class _Abandoned(Exception):
     """The caller stopped waiting for a claim: it is rolled back."""
 
@@ -125,6 +169,10 @@ class _Database:
         # Quoted: a valid identifier may still be an SQL keyword.
         self._jobs, self._runs = (f'"{name}"' for name in self._names)
         self._index = f'"{prefix}runs_job"'
+        self._reminder_table = f"{prefix}reminders"
+        self._reminders = f'"{self._reminder_table}"'
+        self._due_index = f'"{prefix}reminders_due"'
+        self._reminders_found = False
         self._create = create
         self._busy_timeout = busy_timeout
         self._conn: sqlite3.Connection | None = None
@@ -312,8 +360,84 @@ class _Database:
             (name, limit),
         ).fetchall()
 
+    # -- reminders ------------------------------------------------------------------------
 
-class SQLiteStore(Store):
+    def reminders(self, conn: sqlite3.Connection) -> str:
+        """The reminders' table, made or checked on the first use of reminders (a store
+        whose jobs never use any needs no such table)."""
+        if not self._reminders_found:
+            db.find_table(
+                conn,
+                self._reminder_table,
+                columns=_REMINDER_COLUMNS,
+                key="fence",
+                create=_CREATE_REMINDERS if self._create else None,
+                name_option="table_prefix",
+                create_option="create_tables",
+            )
+            if self._create:
+                conn.execute(
+                    f"CREATE INDEX IF NOT EXISTS {self._due_index} ON {self._reminders} "
+                    "(name, due_at) WHERE failed = 0"
+                )
+            self._reminders_found = True
+        return self._reminders
+
+    def set_reminder(self, conn: sqlite3.Connection, params: dict[str, Any]) -> Any:
+        table = self.reminders(conn)
+        with self._transaction(conn):
+            conn.execute(f"DELETE FROM {table} WHERE name = :name AND key = :key", params)
+            conn.execute(
+                f"INSERT INTO {table} (name, key, fire_at, due_at, payload) "
+                "VALUES (:name, :key, :fire_at, :fire_at, :payload)",
+                params,
+            )
+            return conn.execute(
+                f"SELECT {_REMINDER_FIELDS} FROM {table} WHERE name = :name AND key = :key",
+                params,
+            ).fetchone()
+
+    def reminder_query(
+        self, conn: sqlite3.Connection, where: str, params: tuple[Any, ...], tail: str = ""
+    ) -> list[Any]:
+        table = self.reminders(conn)
+        return conn.execute(
+            f"SELECT {_REMINDER_FIELDS} FROM {table} WHERE {where} {tail}", params
+        ).fetchall()
+
+    def reminder_value(self, conn: sqlite3.Connection, what: str, name: str) -> Any:
+        table = self.reminders(conn)
+        return conn.execute(
+            f"SELECT {what} FROM {table} WHERE name = ? AND failed = 0", (name,)
+        ).fetchone()[0]
+
+    def reminder_change(self, conn: sqlite3.Connection, change: str, params: Any) -> int:
+        table = self.reminders(conn)
+        with self._transaction(conn):
+            return conn.execute(change.format(table=table), params).rowcount
+
+    def claim_reminders(
+        self, conn: sqlite3.Connection, call: Call, params: dict[str, Any]
+    ) -> list[Any]:
+        table = self.reminders(conn)
+        with self._transaction(conn):
+            rows = conn.execute(
+                f"SELECT {_REMINDER_FIELDS} FROM {table} "
+                "WHERE name = :name AND failed = 0 AND due_at <= :now "
+                "ORDER BY due_at, fence LIMIT :limit",
+                params,
+            ).fetchall()
+            conn.executemany(
+                f"UPDATE {table} SET due_at = ?, attempts = attempts + 1 WHERE fence = ?",
+                [(params["until"], row[3]) for row in rows],
+            )
+            # The caller was told the claim failed: it must not have happened.
+            if call.abandoned:
+                raise _Abandoned
+        return [(*row[:4], row[4] + 1, row[5]) for row in rows]
+
+
+class SQLiteStore(Store, ReminderStore):
     """A :class:`~periodic.stores.Store` in an SQLite file: processes on one host.
 
     The stdlib ``sqlite3`` runs in worker threads, on one connection per store used by
@@ -323,7 +447,8 @@ class SQLiteStore(Store):
     killed in the middle of one leaves nothing of it behind.
 
     Two tables, made on first use unless ``create_tables=False`` (times are INTEGER
-    microseconds since the epoch, UTC)::
+    microseconds since the epoch, UTC), and a third, ``periodic_reminders``, on the first
+    use of :class:`~periodic.reminders.Reminders` (see the "Durable reminders" page)::
 
         CREATE TABLE periodic_jobs (
             name TEXT PRIMARY KEY, schedule TEXT NOT NULL, anchor INTEGER NOT NULL,
@@ -361,6 +486,9 @@ class SQLiteStore(Store):
     Raises:
         TypeError, ValueError: An option is invalid (named in the message).
     """
+
+    #: Other processes' reminders are found by reading the file this often.
+    reminder_poll = 1.0
 
     def __init__(
         self,
@@ -536,6 +664,110 @@ class SQLiteStore(Store):
         rows = await self._run(lambda conn, _: self._db.runs(conn, name, limit))
         return [_run_record(row) for row in rows]
 
+    # -- reminders (see ReminderStore; every method raises RuntimeError when the store is
+    # not being served, TimeoutError after call_timeout, sqlite3.Error when SQLite fails)
+
+    async def set_reminder(
+        self, name: str, key: str, *, fire_at: datetime.datetime, payload: str
+    ) -> Reminder:
+        params = {
+            "name": name,
+            "key": key,
+            "fire_at": _micros(utc(fire_at, "fire_at")),
+            "payload": payload,
+        }
+        row = await self._run(lambda conn, _: self._db.set_reminder(conn, params))
+        self._reminder_set(name)
+        return _reminder(row, next_attempt=True)
+
+    async def cancel_reminder(self, name: str, key: str) -> bool:
+        change = "DELETE FROM {table} WHERE name = ? AND key = ?"
+        return bool(await self._change(change, (name, key)))
+
+    async def get_reminder(self, name: str, key: str) -> Reminder | None:
+        where = "name = ? AND key = ? AND failed = 0"
+        rows = await self._run(lambda conn, _: self._db.reminder_query(conn, where, (name, key)))
+        return _reminder(rows[0], next_attempt=True) if rows else None
+
+    async def pending_reminders(self, name: str, *, limit: int) -> list[Reminder]:
+        check_limit(limit)
+        rows = await self._run(
+            lambda conn, _: self._db.reminder_query(
+                conn, "name = ? AND failed = 0", (name, limit), "ORDER BY due_at, fence LIMIT ?"
+            )
+        )
+        return [_reminder(row, next_attempt=True) for row in rows]
+
+    async def failed_reminders(self, name: str, *, limit: int) -> list[Reminder]:
+        check_limit(limit)
+        rows = await self._run(
+            lambda conn, _: self._db.reminder_query(
+                conn, "name = ? AND failed = 1", (name, limit), "ORDER BY fire_at, fence LIMIT ?"
+            )
+        )
+        return [_reminder(row) for row in rows]
+
+    async def count_reminders(self, name: str) -> int:
+        count = await self._run(lambda conn, _: self._db.reminder_value(conn, "count(*)", name))
+        return int(count)
+
+    async def next_reminder_due(self, name: str) -> datetime.datetime | None:
+        due = await self._run(lambda conn, _: self._db.reminder_value(conn, "min(due_at)", name))
+        return _time(due)
+
+    async def claim_reminders(
+        self, name: str, *, now: datetime.datetime, claim_ttl: float, limit: int
+    ) -> list[Reminder]:
+        at = _micros(utc(now, "now"))
+        params = {
+            "name": name,
+            "now": at,
+            "until": at + round(claim_ttl * 1e6),
+            "limit": limit,
+        }
+        rows = await self._run(lambda conn, call: self._db.claim_reminders(conn, call, params))
+        return [_reminder(row) for row in rows]
+
+    async def complete_reminder(self, name: str, key: str, fence: int) -> bool:
+        change = "DELETE FROM {table} WHERE name = ? AND key = ? AND fence = ?"
+        return bool(await self._change(change, (name, key, fence)))
+
+    async def retry_reminder(
+        self,
+        name: str,
+        key: str,
+        fence: int,
+        *,
+        now: datetime.datetime,
+        delay: float | None,
+        error: str | None,
+    ) -> None:
+        where = "WHERE name = ? AND key = ? AND fence = ?"
+        if delay is None:
+            await self._change(
+                f"UPDATE {{table}} SET failed = 1, error = ? {where}", (error, name, key, fence)
+            )
+        else:
+            due = _micros(utc(now, "now")) + round(delay * 1e6)
+            await self._change(
+                f"UPDATE {{table}} SET due_at = ?, error = ? {where}",
+                (due, error, name, key, fence),
+            )
+
+    async def release_reminder(
+        self, name: str, key: str, fence: int, *, now: datetime.datetime
+    ) -> None:
+        params = (_micros(utc(now, "now")), name, key, fence)
+        await self._change(
+            "UPDATE {table} SET due_at = ?, attempts = attempts - 1 "
+            "WHERE name = ? AND key = ? AND fence = ?",
+            params,
+        )
+
+    async def _change(self, change: str, params: tuple[Any, ...]) -> int:
+        return await self._run(lambda conn, _: self._db.reminder_change(conn, change, params))
+
 
 def _check_prefix(value: object) -> str:
-    return table_prefix(value, qualified=False, suffixes=("jobs", "runs", "runs_job")).name
+    suffixes = ("jobs", "runs", "runs_job", "reminders", "reminders_due")
+    return table_prefix(value, qualified=False, suffixes=suffixes).name
