@@ -870,3 +870,41 @@ async def test_each_try_of_a_retried_run_gets_a_span_and_the_run_counts_once(
     ]
     assert otel.sums("periodic.runs") == {key(outcome="ok"): 1}
     assert otel.sums("periodic.running") == {key(): 0}
+
+
+async def test_the_pending_reminders_gauge_counts_each_name(
+    autojump_clock: trio.testing.MockClock, otel: OTel
+) -> None:
+    import datetime
+
+    from periodic.reminders import Reminders
+    from periodic.stores import MemoryStore
+
+    start = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+
+    def wall() -> datetime.datetime:
+        return start + datetime.timedelta(seconds=trio.current_time())
+
+    async def handler(reminder: object) -> None:
+        pass
+
+    store = MemoryStore()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.serve)
+        a = Reminders(store, handler, name="a", wall_clock=wall)
+        b = Reminders(store, handler, name="b", wall_clock=wall)
+        await nursery.start(a.serve)
+        await nursery.start(b.serve)
+        for name in ("x", "y", "z"):
+            await a.remind(name, at=start + datetime.timedelta(hours=1))
+        await b.remind_after("w", 3600)
+        await trio.sleep(11)  # the counts are read every 10 s
+        gauge = otel.points("periodic.reminders.pending")
+        assert {k: p.value for k, p in gauge.items()} == {key(job="a"): 3, key(job="b"): 1}
+        await a.cancel("x")
+        await trio.sleep(10)
+        gauge = otel.points("periodic.reminders.pending")
+        assert {k: p.value for k, p in gauge.items()} == {key(job="a"): 2, key(job="b"): 1}
+        nursery.cancel_scope.cancel()
+    # A Reminders that stopped serving is forgotten.
+    assert otel.points("periodic.reminders.pending") == {}
