@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import contextvars
 import datetime
+import inspect
 import math
 import random
 from collections.abc import Callable, Coroutine
@@ -85,6 +86,8 @@ class State:
     waiting: bool = False
     rest: _Rest | None = None
     then: Callable[[_Outcome], object] | None = None
+    # What an async when-guard returned, until the rest of its tick awaits it.
+    guard: object = None
     crash: BaseException | None = None
 
 
@@ -242,7 +245,9 @@ class Clocks(Parts):
         self._state.crash = exc
         self._wake()
 
-    def _stop_ticking(self) -> None:
+    def _stop_ticking(self) -> BaseException | None:
+        """Stop ticking and forget everything of this serve; what a tick raised as serve
+        was being cancelled (it is raised from serve, not lost)."""
         state = self._state
         state.ticking = False
         state.next_tick_at = None
@@ -252,10 +257,17 @@ class Clocks(Parts):
         if state.rest is not None:  # handed over, but serve was cancelled first
             state.rest.close()
             state.rest = None
+        guard, state.guard = state.guard, None
+        if inspect.iscoroutine(guard):  # an async guard's call, never awaited
+            guard.close()
         state.then = None
         state.in_backlog = False
+        state.backlog.clear()
+        state.replan = None
         state.parked = None
         state.waiting = False
+        crash, state.crash = state.crash, None
+        return crash
 
     # -- the interval clock ------------------------------------------------------------
 

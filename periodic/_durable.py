@@ -24,8 +24,10 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger("periodic")
 
-# Missed slots that catch_up="all" runs (within its window) or counts, at most.
+# Missed slots that catch_up="all" runs (within its window), or a cron job counts, at most.
 _MAX_CATCH_UP = 100_000
+# The wall clock's resolution: the instant just before another.
+_TICK = datetime.timedelta(microseconds=1)
 # Error texts kept in a store are cut at this length.
 _ERROR_TEXT = 2000
 
@@ -95,14 +97,15 @@ class Durable(Parts):
                 # reports the others.
                 state.fire = first
                 return
-        missed = self._slots(schedule, first, wall)
         if policy is CatchUp.ALL:
             assert oldest_kept is not None
-            kept = [slot for slot in missed if slot >= oldest_kept]
-            dropped = len(missed) - len(kept)
-            state.backlog.extend(kept)
+            # Run those within the window (a bounded many), count the older ones.
+            start = max(first, schedule.next_after(oldest_kept - _TICK).astimezone(UTC))
+            dropped = self._count_slots(schedule, first, start - _TICK)
+            state.backlog.clear()  # (a replan: what was queued is planned again)
+            state.backlog.extend(self._slots(schedule, start, wall))
         else:
-            dropped = len(missed)
+            dropped = self._count_slots(schedule, first, wall)
         if dropped:
             self._skip(SkipReason.MISSED, self._cron_due(first), count=dropped)
         state.fire = schedule.next_after(wall).astimezone(UTC)
@@ -117,6 +120,17 @@ class Durable(Parts):
             slots.append(slot)
             slot = schedule.next_after(slot).astimezone(UTC)
         return slots
+
+    def _count_slots(
+        self, schedule: _Schedule, first: datetime.datetime, until: datetime.datetime
+    ) -> int:
+        """How many slots from ``first`` to ``until``, both included: exactly for an
+        interval grid; for a cron schedule, counted up to ``_MAX_CATCH_UP``."""
+        if until < first:
+            return 0
+        if isinstance(schedule, IntervalGrid):
+            return schedule.slots(first - _TICK, until)
+        return len(self._slots(schedule, first, until))
 
     def _latest_slot(
         self, schedule: _Schedule, first: datetime.datetime, wall: datetime.datetime

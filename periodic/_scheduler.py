@@ -345,15 +345,16 @@ class Periodic(EventSource, Clocks, Durable):
                             if rest is not None and then is not None:
                                 then(await rest)
                 finally:
-                    self._stop_ticking()
+                    crash = self._stop_ticking()
                     await self._runs.shutdown()
+                    if crash is not None:  # a tick raised as serve was being cancelled
+                        raise crash
         finally:
             if store is not None:
                 store.detach()
             state.serving = False
             state.tick_lock = None
             state.schedule = None
-            state.backlog.clear()
 
     def statistics(self) -> Statistics:
         """Return a frozen snapshot of this scheduler's counters."""
@@ -392,6 +393,8 @@ class Periodic(EventSource, Clocks, Durable):
             try:
                 verdict = when()
                 if inspect.isawaitable(verdict):
+                    # Kept, so that a serve that stops before awaiting it closes it.
+                    self._state.guard = verdict
                     return self._tick_awaiting_guard(verdict, scheduled_at, catch_up, fire_time)
                 go = bool(verdict)
             except Exception as exc:
@@ -407,6 +410,7 @@ class Periodic(EventSource, Clocks, Durable):
         catch_up: _CatchUp | None,
         fire_time: datetime.datetime | None,
     ) -> _Outcome:
+        self._state.guard = None  # awaited from here on
         try:
             go = bool(await verdict)
         except Exception as exc:

@@ -482,3 +482,92 @@ async def test_a_leadership_gained_as_the_job_starts_is_caught_up(
     assert [(m.count, m.scheduled_at) for m in events.find(Skipped, reason=SkipReason.MISSED)] == [
         (2, -5.0)
     ]
+
+
+async def test_catch_up_all_runs_the_window_after_an_outage_of_many_slots(
+    autojump_clock: trio.testing.MockClock, store: MemoryStore
+) -> None:
+    wall = Wall()
+    await serve_for(job(store, wall, every=1), 1.5)  # slot 1 ran
+    await down_for(150_000, wall)  # 150 000 slots missed; the window keeps the last 100
+    events = await serve_for(job(store, wall, every=1, catch_up="all", catch_up_window=100), 0.2)
+    missed = events.find(Skipped, reason=SkipReason.MISSED)
+    assert [m.count for m in missed] == [149_900]
+    assert [s.fire_time for s in events.of(Started)] == [at(k) for k in range(149_902, 150_002)]
+
+
+async def test_a_replan_during_catch_up_all_does_not_queue_the_slots_twice(
+    autojump_clock: trio.testing.MockClock, store: MemoryStore, nursery: trio.Nursery
+) -> None:
+    async def slow() -> None:
+        await trio.sleep(5)
+
+    wall = Wall()
+    await serve_for(job(store, wall), 12)  # slot 10 ran
+    await down_for(50, wall)  # back at wall time 62: 20..60 missed
+    peer = LocalPeer()
+    await nursery.start(peer.serve)
+    p = job(
+        store,
+        wall,
+        run=slow,
+        peer=peer,
+        catch_up="all",
+        catch_up_window=1000,
+        cancel_on_leadership_loss=False,
+    )
+    with capture_events(p) as events:
+        async with trio.open_nursery() as inner:
+            await inner.start(p.serve)
+            await trio.sleep(1)  # the first caught-up run goes on
+            peer.set_leader(False)
+            peer.set_leader(True)  # gained again: plan again from the store
+            await trio.sleep(35)
+            inner.cancel_scope.cancel()
+    assert not events.find(Skipped, reason=SkipReason.CLAIMED)
+    # Each missed slot once, one after another (5 s each); then, at wall time 87, the
+    # usual missed-tick rule (70 missed, 80 runs), and 90 on time.
+    started = [(s.started_at, s.fire_time) for s in events.of(Started)]
+    assert started == [
+        (12.0, at(20)),
+        (17.0, at(30)),
+        (22.0, at(40)),
+        (27.0, at(50)),
+        (32.0, at(60)),
+        (37.0, at(80)),
+        (40.0, at(90)),
+    ]
+
+
+async def test_a_leadership_gain_left_over_from_a_serve_is_not_planned_at_the_next(
+    autojump_clock: trio.testing.MockClock, store: MemoryStore, nursery: trio.Nursery
+) -> None:
+    wall = Wall()
+    slow_guard = False
+
+    async def guard() -> bool:
+        if slow_guard:
+            await trio.sleep(5)
+        return True
+
+    peer = LocalPeer()
+    await nursery.start(peer.serve)
+    p = job(store, wall, peer=peer, when=guard)
+    async with trio.open_nursery() as inner:
+        await inner.start(p.serve)
+        await trio.sleep(25)  # slots 10 and 20 ran
+        slow_guard = True
+        await trio.sleep(6)  # at 31 the tick of 30 awaits its guard (until 35)
+        peer.set_leader(False)
+        peer.set_leader(True)  # a gain while no alarm is armed: a replan is left
+        await trio.sleep(0.5)
+        inner.cancel_scope.cancel()  # serve ends inside the guard
+    slow_guard = False
+    await serve_for(job(store, wall), 60)  # another process runs 40..90
+    with capture_events(p) as events:
+        async with trio.open_nursery() as inner:
+            await inner.start(p.serve)
+            await trio.sleep(12)
+            inner.cancel_scope.cancel()
+    assert not events.find(Skipped, reason=SkipReason.MISSED)
+    assert [s.fire_time for s in events.of(Started)] == [at(100)]

@@ -330,3 +330,61 @@ async def test_a_stopping_peer_is_not_warned_about_by_its_jobs_run(
     assert [(f.outcome, f.cancel_reason) for f in finished] == [("cancelled", "leadership_lost")]
     assert isinstance(events[-1], Finished)
     assert not [e for e in events if isinstance(e, Skipped)]
+
+
+async def test_a_tick_that_raises_as_serve_is_cancelled_comes_out_of_serve_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A late tick reports its missed ticks, a handler of that event cancels serve, and
+    # then the guard raises: serve, already on its way out, raises the guard's error (it
+    # is not lost), and a later serve of the same job does not raise it again.
+    boom = True
+
+    def guard() -> bool:
+        if boom:
+            raise Stop
+        return True
+
+    job = Periodic(run=nothing, every=1, when=guard, name="late")
+    with pytest.RaisesGroup(Stop, flatten_subgroups=True), trio.CancelScope() as scope:
+
+        def on_missed(event: Event) -> None:
+            if isinstance(event, Skipped) and event.reason is SkipReason.MISSED:
+                scope.cancel()
+
+        with periodic.subscribe(on_missed, job=job):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(job.serve)
+                autojump_clock.jump(2.5)  # the tick due at 1 is found 1.5 s late
+                await trio.sleep(10)
+    boom = False
+    events = await periodic.testing.serve_for(job, 2.5)
+    assert [type(e) for e in events] == [Started, Finished, Started, Finished]
+
+
+async def test_an_async_guard_of_a_tick_cut_short_by_cancellation_is_closed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The same cancellation, with an async guard: its coroutine, made but never awaited,
+    # is closed rather than left to warn "never awaited" (an error in this test suite).
+    awaited = []
+
+    async def guard() -> bool:
+        awaited.append(trio.current_time())
+        return True
+
+    job = Periodic(run=nothing, every=1, when=guard, name="late")
+    with trio.CancelScope() as scope:
+
+        def on_missed(event: Event) -> None:
+            if isinstance(event, Skipped) and event.reason is SkipReason.MISSED:
+                scope.cancel()
+
+        with periodic.subscribe(on_missed, job=job):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(job.serve)
+                autojump_clock.jump(2.5)
+                await trio.sleep(10)
+    assert scope.cancelled_caught
+    assert awaited == []
+    gc.collect()  # a coroutine never awaited would warn now
