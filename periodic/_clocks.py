@@ -29,7 +29,7 @@ from ._timer import Alarm
 from .stores._base import JobState
 
 if TYPE_CHECKING:
-    from typing import TypeAlias
+    from typing import Literal, TypeAlias
 
     from ._options import CatchUp, Mode
     from ._retry import Retry
@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     _Schedule: TypeAlias = CronSchedule | IntervalGrid
     # A missed-tick rule re-applied after a stop_previous wait: the tick's new due time.
     _CatchUp: TypeAlias = Callable[[], tuple[float, datetime.datetime | None]]
+    # An explicit tick: job.trigger() ("local"), or a trigger taken from the store ("store").
+    Trigger: TypeAlias = Literal["local", "store"]
 
 # A cron job re-reads the wall clock at least this often (seconds) while it waits, to
 # notice a clock that jumped.
@@ -89,6 +91,14 @@ class State:
     # What an async when-guard returned, until the rest of its tick awaits it.
     guard: object = None
     crash: BaseException | None = None
+    # Paused by job.pause() (kept across serves).
+    paused: bool = False
+    # overdue_after: the alarm, when the count started (serve, resume), the end of the
+    # last ok run, and whether the job is overdue now.
+    overdue_alarm: Alarm | None = None
+    overdue_from: float = 0.0
+    last_ok_at: float | None = None
+    overdue: bool = False
 
 
 if TYPE_CHECKING:
@@ -123,6 +133,7 @@ if TYPE_CHECKING:
             scheduled_at: float,
             catch_up: _CatchUp | None,
             fire_time: datetime.datetime | None,
+            trigger: Trigger | None = None,
         ) -> _Outcome | _Rest: ...
         def _skip(
             self,
@@ -345,7 +356,12 @@ class Clocks(Parts):
     @property
     def _plain(self) -> bool:
         # Nothing to decide at a tick: spawn at once.
-        return self.when is None and self.peer is None and self.on_overlap is Overlap.RUN
+        return (
+            self.when is None
+            and self.peer is None
+            and self.on_overlap is Overlap.RUN
+            and not self._state.paused
+        )
 
     # -- the cron clock ----------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from .peers._base import Peer, default_node
 from .stores._base import JobState, Store
 
 if TYPE_CHECKING:
-    from ._clocks import _Outcome, _Schedule
+    from ._clocks import Trigger, _Outcome, _Schedule
 
 _log = logging.getLogger("periodic")
 
@@ -196,6 +196,7 @@ class Durable(Parts):
         fence: int | None,
         fire_time: datetime.datetime | None,
         retry_until: float,
+        trigger: Trigger | None = None,
     ) -> _Outcome:
         store = self.store
         assert store is not None

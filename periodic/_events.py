@@ -47,6 +47,9 @@ class SkipReason(str, enum.Enum):
     CLAIMED = "claimed"
     #: The job's store failed or timed out while claiming the slot: no run starts unclaimed.
     STORE_ERROR = "store_error"
+    #: The job is paused (:meth:`Periodic.pause <periodic.Periodic.pause>`, or in its
+    #: store).
+    PAUSED = "paused"
 
     def __str__(self) -> str:
         return self.value
@@ -204,7 +207,64 @@ class EventSource:
     __slots__ = ()
 
 
-Event = Started | Finished | Retrying | Skipped | StoppedPrevious | LeadershipChanged
+@attrs.frozen(kw_only=True)
+class Overdue:
+    """No run of ``job`` finished ``ok`` for its ``overdue_after`` seconds.
+
+    Emitted once when the job becomes overdue; a :class:`Recovered` follows when it is
+    not overdue any more.
+
+    Attributes:
+        job: The job's name.
+        last_ok_at: When its last ``ok`` run finished (``trio.current_time()``), or
+            ``None`` when none did since it was served (or resumed).
+        overdue_for: Seconds since ``last_ok_at``, or since the job was served (or
+            resumed) when that is later.
+    """
+
+    job: str
+    last_ok_at: float | None
+    overdue_for: float
+
+
+class RecoveredBy(str, enum.Enum):
+    """Why an overdue job is not overdue any more."""
+
+    #: A run finished ``ok``.
+    OK = "ok"
+    #: The job was paused (a paused job is never overdue).
+    PAUSED = "paused"
+    #: The job stopped being served.
+    STOPPED = "stopped"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@attrs.frozen(kw_only=True)
+class Recovered:
+    """``job``, which was :class:`Overdue`, is not overdue any more.
+
+    Attributes:
+        job: The job's name.
+        reason: Why: a run finished ``ok``, the job was paused, or it stopped being
+            served (so that every ``Overdue`` has its ``Recovered``).
+    """
+
+    job: str
+    reason: RecoveredBy = RecoveredBy.OK
+
+
+Event = (
+    Started
+    | Finished
+    | Retrying
+    | Skipped
+    | StoppedPrevious
+    | LeadershipChanged
+    | Overdue
+    | Recovered
+)
 Handler = Callable[[Event], object]
 
 

@@ -15,6 +15,8 @@ from ._events import (
     Finished,
     LeadershipChanged,
     Outcome,
+    Overdue,
+    Recovered,
     Retrying,
     Skipped,
     SkipReason,
@@ -73,6 +75,8 @@ _SKIP_LEVELS = {
     # Without a peer, every process but one is refused every slot: not news either.
     SkipReason.CLAIMED: logging.DEBUG,
     SkipReason.STORE_ERROR: logging.WARNING,
+    # An operator paused it: every skipped tick is not news.
+    SkipReason.PAUSED: logging.DEBUG,
 }
 _SKIP_TEXT = {
     SkipReason.OVERLAP: "skipped a tick: the previous run is still going (on_overlap=ignore)",
@@ -81,6 +85,7 @@ _SKIP_TEXT = {
     SkipReason.NOT_LEADER: "skipped a tick: this process is not the leader",
     SkipReason.CLAIMED: "skipped a tick: its slot was claimed already (by another process)",
     SkipReason.STORE_ERROR: "skipped a tick: the store could not claim its slot",
+    SkipReason.PAUSED: "skipped a tick: the job is paused",
 }
 
 
@@ -117,6 +122,26 @@ class _EventLogger:
             )
         elif isinstance(event, LeadershipChanged):
             self._leadership(event)
+        elif isinstance(event, Overdue):
+            since = "ever" if event.last_ok_at is None else "its last ok run"
+            self._log(
+                logging.ERROR,
+                event,
+                "job %r is overdue: no run finished ok for %.3fs (since %s)",
+                (event.job, event.overdue_for, since),
+                {
+                    "periodic_overdue_for": event.overdue_for,
+                    "periodic_last_ok_at": event.last_ok_at,
+                },
+            )
+        elif isinstance(event, Recovered):
+            self._log(
+                logging.INFO,
+                event,
+                "job %r is not overdue any more (%s)",
+                (event.job, event.reason),
+                {"periodic_reason": str(event.reason)},
+            )
         elif isinstance(event, Retrying):
             self._log(
                 logging.INFO,

@@ -330,3 +330,13 @@ def check_store(value: Store | None) -> Store | None:
             f"PostgresStore, or your own subclass), got {value!r}"
         )
     return value
+
+
+def overdue_after(value: float | datetime.timedelta | str | None) -> float | None:
+    if value is None:
+        return None
+    accepts = (
+        "None, or a positive, finite number of seconds, a timedelta, or a duration string "
+        "such as '2h'"
+    )
+    return _duration("overdue_after", value, accepts=accepts)

@@ -52,8 +52,9 @@ class Statistics:
         finished: Finished runs by outcome (``"ok"``, ``"error"``, ``"timeout"``,
             ``"cancelled"``), every outcome present.
         skipped: Skipped ticks by reason (``"overlap"``, ``"guard"``, ``"guard_error"``,
-            ``"missed"``, ``"not_leader"``, and for a job with a store ``"claimed"`` and
-            ``"store_error"``), every reason present; ``missed`` counts ticks, not events.
+            ``"missed"``, ``"not_leader"``, for a job with a store ``"claimed"`` and
+            ``"store_error"``, and ``"paused"`` once the job skipped a tick paused), every
+            reason present; ``missed`` counts ticks, not events.
         next_tick_at: When the next automatic tick is due (``trio.current_time()``), or
             ``None`` when not served, in manual mode, or in shifted mode while a run goes on.
     """
@@ -100,6 +101,9 @@ class Run:
     recorder: Callable[[Finished], Awaitable[None]] | None = None
     # Waiting to try again: shutdown stops such a run at once.
     retry_pending: bool = False
+    # Its Started, once emitted; and an event for whoever waits for it (made when asked).
+    began: Started | None = None
+    _start_waiter: trio.Event | None = None
 
     @property
     def done(self) -> trio.Event:
@@ -110,6 +114,14 @@ class Run:
             if self.finished is not None:
                 done.set()
         return done
+
+    async def wait_started(self) -> Started | None:
+        """The run's :class:`Started`, once emitted; ``None`` if it ended without one."""
+        if self.began is None and self.finished is None:
+            if self._start_waiter is None:
+                self._start_waiter = trio.Event()
+            await self._start_waiter.wait()
+        return self.began
 
     def set_deadlines(
         self, *, timeout_at: float | None = None, lease_at: float | None = None
@@ -152,6 +164,8 @@ class Runs:
     cancel_on_leadership_loss: bool
     keys: tuple[object, ...]
     retry: Retry | None = None
+    # Called when a run finishes ok (an overdue_after job's alarm), if set.
+    on_ok: Callable[[], object] | None = None
 
     running: dict[int, Run] = attrs.field(init=False, factory=dict)
     runs_started: int = attrs.field(init=False, default=0)
@@ -377,17 +391,17 @@ class Runs:
             )
         )
         run.started = True
-        emit(
-            Started(
-                job=self.name,
-                run_id=run.run_id,
-                scheduled_at=run.scheduled_at,
-                started_at=started_at,
-                fence=run.fence,
-                fire_time=run.fire_time,
-            ),
-            self.keys,
+        run.began = started = Started(
+            job=self.name,
+            run_id=run.run_id,
+            scheduled_at=run.scheduled_at,
+            started_at=started_at,
+            fence=run.fence,
+            fire_time=run.fire_time,
         )
+        emit(started, self.keys)
+        if run._start_waiter is not None:
+            run._start_waiter.set()
         peer = self.peer
         if run.fence is not None and peer is not None:
             # A lease peer hands its lease over only once such runs are over.
@@ -452,6 +466,8 @@ class Runs:
         )
         try:
             emit(event, self.keys)
+            if outcome is Outcome.OK and self.on_ok is not None:
+                self.on_ok()
         finally:
             if done:
                 self._done(run)
@@ -460,6 +476,8 @@ class Runs:
     def _done(run: Run) -> None:
         if run._done is not None:
             run._done.set()
+        if run._start_waiter is not None:  # ended without a Started: stop waiting
+            run._start_waiter.set()
         if run.on_done is not None:
             run.on_done()
 

@@ -10,8 +10,10 @@ otherwise stays parked and owns the job's runs.
 
 from __future__ import annotations
 
+import contextvars
 import datetime
 import inspect
+import logging
 import random
 import types
 from collections.abc import Callable
@@ -24,13 +26,26 @@ from . import _options
 from ._clocks import DECIDED, Clocks, State
 from ._cron import CronSchedule, parse_schedule
 from ._durable import Durable
-from ._events import EventSource, Outcome, Skipped, SkipReason, emit
+from ._events import (
+    EventSource,
+    Outcome,
+    Overdue,
+    Recovered,
+    RecoveredBy,
+    Skipped,
+    SkipReason,
+    Started,
+    emit,
+)
 from ._options import CatchUp, DelayMode, Mode, Overlap
 from ._retry import Retry, check_retry
 from ._runs import Run, Runs, Statistics
+from ._timer import Alarm
 from .exceptions import NotInManualMode
 from .peers._base import Peer
 from .stores._base import Store
+
+_log = logging.getLogger("periodic")
 
 # Jitter with cron= is at most this (seconds): its gaps are the user's concern below it.
 _MAX_CRON_JITTER = 3600.0
@@ -38,7 +53,7 @@ _MAX_CRON_JITTER = 3600.0
 _STORE_REASONS = frozenset({SkipReason.CLAIMED, SkipReason.STORE_ERROR})
 
 if TYPE_CHECKING:
-    from ._clocks import _CatchUp, _Outcome, _Rest
+    from ._clocks import Trigger, _CatchUp, _Outcome, _Rest
 
 
 @attrs.frozen(kw_only=True, eq=False, repr=False)
@@ -103,6 +118,13 @@ class Periodic(EventSource, Clocks, Durable):
             Default 0.
         jitter_rng: The ``random.Random`` the offsets come from (a seeded one makes
             tests exact). Default: one of the job's own.
+        overdue_after: Seconds (or a ``timedelta``, or a duration string): the job is
+            *overdue* when no run of it finished ``ok`` for that long, counted from the
+            end of its last ``ok`` run, or from ``serve`` (or :meth:`resume`) when that is
+            later; it then emits :class:`~periodic.events.Overdue` (once) and, when it is
+            not overdue any more, :class:`~periodic.events.Recovered`. With a store, the
+            store judges it too, for every process (``JobState.overdue``). Default
+            ``None``: never overdue.
 
     Raises:
         TypeError: An option has the wrong type, ``run`` is missing, is a coroutine
@@ -142,6 +164,7 @@ class Periodic(EventSource, Clocks, Durable):
     jitter_rng: random.Random | None = attrs.field(
         default=None, converter=_options.check_jitter_rng
     )
+    overdue_after: float | None = attrs.field(default=None, converter=_options.overdue_after)
 
     _state: State = attrs.field(init=False, factory=State)
     _runs: Runs = attrs.field(init=False)
@@ -313,6 +336,14 @@ class Periodic(EventSource, Clocks, Durable):
                 record = await self._register(store)
             async with trio.open_nursery() as nursery:
                 self._runs.open(nursery)
+                state.tick_lock = trio.Lock()
+                if self.overdue_after is not None:
+                    state.last_ok_at = None
+                    state.overdue_alarm = Alarm(
+                        contextvars.copy_context(), self._overdue_now, self._crashed
+                    )
+                    self._runs.on_ok = self._ran_ok
+                    self._start_overdue_count()
                 if store is not None and self.peer is not None and self.mode is Mode.AUTO:
                     # The fence the plan below is made under (no checkpoint in between):
                     # a leadership gained later, even before the watch runs, is caught up.
@@ -322,7 +353,6 @@ class Periodic(EventSource, Clocks, Durable):
                     # Arm, report started, and let go of task_status: holding it for the
                     # scheduler's life would keep nursery.start's machinery alive.
                     if self.mode is Mode.MANUAL:
-                        state.tick_lock = trio.Lock()
                         task_status.started()
                         del task_status
                         await trio.sleep_forever()
@@ -347,6 +377,7 @@ class Periodic(EventSource, Clocks, Durable):
                 finally:
                     crash = self._stop_ticking()
                     await self._runs.shutdown()
+                    self._stop_overdue()
                     if crash is not None:  # a tick raised as serve was being cancelled
                         raise crash
         finally:
@@ -355,6 +386,123 @@ class Periodic(EventSource, Clocks, Durable):
             state.serving = False
             state.tick_lock = None
             state.schedule = None
+
+    @property
+    def paused(self) -> bool:
+        """Whether the job is paused (by :meth:`pause`; a pause in its store is the
+        store's, see :meth:`periodic.stores.Store.pause`)."""
+        return self._state.paused
+
+    def pause(self) -> None:
+        """Pause the job: from now on its ticks, automatic and manual, start no run
+        (``Skipped(reason="paused")``) until :meth:`resume`. Runs going on are left alone;
+        :meth:`trigger` still starts a run. A paused job is never overdue. Pausing a
+        paused job does nothing; the pause outlasts ``serve`` (a job served again stays
+        paused).
+        """
+        state = self._state
+        if state.paused:
+            return
+        state.paused = True
+        _log.info("job %r paused", self.name, extra={"periodic_job": self.name})
+        if state.overdue_alarm is not None:
+            state.overdue_alarm.disarm()
+        if state.overdue:
+            self._recovered(RecoveredBy.PAUSED)
+
+    def resume(self) -> None:
+        """Let the ticks of a paused job start runs again, from its next tick on: what
+        fell due while it was paused is not caught up. Its ``overdue_after`` counts
+        afresh from now. Resuming a job that is not paused does nothing.
+        """
+        state = self._state
+        if not state.paused:
+            return
+        state.paused = False
+        _log.info("job %r resumed", self.name, extra={"periodic_job": self.name})
+        if state.overdue_alarm is not None:
+            self._start_overdue_count()
+
+    async def trigger(self) -> Started | Skipped:
+        """Tick once, now: the ``when``, leader and overlap guards and the store's claim
+        apply as at any tick, but not the pause (a paused job runs: to try a fix during
+        an incident). The schedule is left as it is.
+
+        Works in both modes. Returns once the run has started (it does not wait for its
+        end), or once the tick was skipped.
+
+        Returns:
+            The run's :class:`~periodic.events.Started`, or the
+            :class:`~periodic.events.Skipped` event that says why no run started.
+
+        Raises:
+            RuntimeError: The job is not being served (or stopped being served during the
+                tick).
+        """
+        state = self._state
+        if not state.serving or not self._runs.accepting or state.tick_lock is None:
+            raise RuntimeError(
+                f"{self!r} is not being served: start it first, e.g. "
+                "await nursery.start(job.serve)"
+            )
+        await trio.lowlevel.checkpoint_if_cancelled()
+        schedule = self._schedule
+        fire_time = None if schedule is None else self._wall_now().astimezone(schedule.tz)
+        async with state.tick_lock:  # (takes turns with manual ticks and other triggers)
+            outcome = await self._tick(trio.current_time(), None, fire_time, "local")
+        if isinstance(outcome, Run):
+            started = await outcome.wait_started()
+            if started is not None:
+                return started
+        elif outcome is not None:
+            return outcome
+        raise RuntimeError(f"{self!r} stopped being served during the trigger")
+
+    # -- overdue_after -------------------------------------------------------------------
+
+    def _start_overdue_count(self) -> None:
+        """Count ``overdue_after`` from now (serve, resume)."""
+        state = self._state
+        assert self.overdue_after is not None
+        assert state.overdue_alarm is not None
+        state.overdue_from = now = trio.current_time()
+        if not state.paused:
+            state.overdue_alarm.arm(now + self.overdue_after)
+
+    def _ran_ok(self) -> None:
+        state = self._state
+        state.last_ok_at = now = trio.current_time()
+        if state.overdue:
+            self._recovered(RecoveredBy.OK)
+        alarm = state.overdue_alarm
+        if alarm is not None and not state.paused:
+            assert self.overdue_after is not None
+            alarm.arm(now + self.overdue_after)
+
+    def _overdue_now(self) -> None:
+        state = self._state
+        if state.paused or state.overdue:
+            return
+        state.overdue = True
+        last_ok = state.last_ok_at
+        since = state.overdue_from if last_ok is None else max(last_ok, state.overdue_from)
+        emit(
+            Overdue(job=self.name, last_ok_at=last_ok, overdue_for=trio.current_time() - since),
+            self._runs.keys,
+        )
+
+    def _recovered(self, reason: RecoveredBy) -> None:
+        self._state.overdue = False
+        emit(Recovered(job=self.name, reason=reason), self._runs.keys)
+
+    def _stop_overdue(self) -> None:
+        state = self._state
+        self._runs.on_ok = None
+        if state.overdue_alarm is not None:
+            state.overdue_alarm.disarm()
+            state.overdue_alarm = None
+        if state.overdue:
+            self._recovered(RecoveredBy.STOPPED)
 
     def statistics(self) -> Statistics:
         """Return a frozen snapshot of this scheduler's counters."""
@@ -367,7 +515,8 @@ class Periodic(EventSource, Clocks, Durable):
                 {
                     str(k): self._state.skipped.get(k, 0)
                     for k in SkipReason
-                    if self.store is not None or k not in _STORE_REASONS
+                    if (self.store is not None or k not in _STORE_REASONS)
+                    and (k is not SkipReason.PAUSED or k in self._state.skipped)
                 }
             ),
             next_tick_at=self._state.next_tick_at,
@@ -380,14 +529,19 @@ class Periodic(EventSource, Clocks, Durable):
         scheduled_at: float,
         catch_up: _CatchUp | None,
         fire_time: datetime.datetime | None,
+        trigger: Trigger | None = None,
     ) -> _Outcome | _Rest:
         """Apply the guards in order; start a run unless one of them says no.
 
         Returns the run, the Skipped event when no run started, ``None`` when serve is
         shutting down, or — when a guard must be awaited — the rest of the tick, a
         coroutine that returns one of those. ``catch_up`` re-applies the missed-tick rule
-        after a stop_previous wait and returns the tick's new due time.
+        after a stop_previous wait and returns the tick's new due time. A ``trigger``
+        (an explicit tick: ``"local"`` from :meth:`trigger`, ``"store"`` from the
+        store's) is not stopped by the pause.
         """
+        if trigger is None and self._state.paused:
+            return self._skip(SkipReason.PAUSED, scheduled_at)
         when = self.when
         if when is not None:
             try:
@@ -395,13 +549,15 @@ class Periodic(EventSource, Clocks, Durable):
                 if inspect.isawaitable(verdict):
                     # Kept, so that a serve that stops before awaiting it closes it.
                     self._state.guard = verdict
-                    return self._tick_awaiting_guard(verdict, scheduled_at, catch_up, fire_time)
+                    return self._tick_awaiting_guard(
+                        verdict, scheduled_at, catch_up, fire_time, trigger
+                    )
                 go = bool(verdict)
             except Exception as exc:
                 return self._skip(SkipReason.GUARD_ERROR, scheduled_at, error=exc)
             if not go:
                 return self._skip(SkipReason.GUARD, scheduled_at)
-        return self._tick_guarded(scheduled_at, catch_up, fire_time)
+        return self._tick_guarded(scheduled_at, catch_up, fire_time, trigger)
 
     async def _tick_awaiting_guard(
         self,
@@ -409,6 +565,7 @@ class Periodic(EventSource, Clocks, Durable):
         scheduled_at: float,
         catch_up: _CatchUp | None,
         fire_time: datetime.datetime | None,
+        trigger: Trigger | None,
     ) -> _Outcome:
         self._state.guard = None  # awaited from here on
         try:
@@ -417,7 +574,7 @@ class Periodic(EventSource, Clocks, Durable):
             return self._skip(SkipReason.GUARD_ERROR, scheduled_at, error=exc)
         if not go:
             return self._skip(SkipReason.GUARD, scheduled_at)
-        outcome = self._tick_guarded(scheduled_at, catch_up, fire_time)
+        outcome = self._tick_guarded(scheduled_at, catch_up, fire_time, trigger)
         if not isinstance(outcome, DECIDED):
             return await outcome
         return outcome
@@ -427,6 +584,7 @@ class Periodic(EventSource, Clocks, Durable):
         scheduled_at: float,
         catch_up: _CatchUp | None,
         fire_time: datetime.datetime | None,
+        trigger: Trigger | None,
     ) -> _Outcome | _Rest:
         """The leader and overlap guards, then the run."""
         peer = self.peer
@@ -438,9 +596,9 @@ class Periodic(EventSource, Clocks, Durable):
                 return self._skip(SkipReason.OVERLAP, scheduled_at)
             if self.on_overlap is Overlap.STOP_PREVIOUS:
                 return self._tick_stopping(
-                    list(running.values()), scheduled_at, catch_up, fire_time
+                    list(running.values()), scheduled_at, catch_up, fire_time, trigger
                 )
-        return self._start_run(scheduled_at, fire_time)
+        return self._start_run(scheduled_at, fire_time, trigger)
 
     async def _tick_stopping(
         self,
@@ -448,6 +606,7 @@ class Periodic(EventSource, Clocks, Durable):
         scheduled_at: float,
         catch_up: _CatchUp | None,
         fire_time: datetime.datetime | None,
+        trigger: Trigger | None,
     ) -> _Outcome:
         self._runs.stop(runs)
         for run in runs:
@@ -460,28 +619,32 @@ class Periodic(EventSource, Clocks, Durable):
         if peer is not None and not peer.is_leader():
             # Leadership was lost while the previous runs unwound.
             return self._skip(SkipReason.NOT_LEADER, scheduled_at)
-        outcome = self._start_run(scheduled_at, fire_time)
+        outcome = self._start_run(scheduled_at, fire_time, trigger)
         if not isinstance(outcome, DECIDED):
             return await outcome
         return outcome
 
     def _start_run(
-        self, scheduled_at: float, fire_time: datetime.datetime | None
+        self,
+        scheduled_at: float,
+        fire_time: datetime.datetime | None,
+        trigger: Trigger | None = None,
     ) -> _Outcome | _Rest:
         """The last guard, the claim of a job with a store, then the run."""
         peer = self.peer
         fence = None if peer is None else peer.fence
         if self.store is None:
             return self._runs.spawn(scheduled_at, fence, fire_time, self._retry_until())
-        return self._claim_and_spawn(scheduled_at, fence, fire_time, self._retry_until())
+        return self._claim_and_spawn(scheduled_at, fence, fire_time, self._retry_until(), trigger)
 
     async def _tick(
         self,
         scheduled_at: float,
         catch_up: _CatchUp | None,
         fire_time: datetime.datetime | None,
+        trigger: Trigger | None = None,
     ) -> _Outcome:
-        outcome = self._tick_start(scheduled_at, catch_up, fire_time)
+        outcome = self._tick_start(scheduled_at, catch_up, fire_time, trigger)
         if not isinstance(outcome, DECIDED):
             return await outcome
         return outcome

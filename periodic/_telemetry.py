@@ -30,6 +30,8 @@ from ._events import (
     Finished,
     LeadershipChanged,
     Outcome,
+    Overdue,
+    Recovered,
     Retrying,
     Skipped,
     Started,
@@ -87,6 +89,7 @@ class _Instruments:
     leadership: metrics.Counter
     elections: metrics.Counter
     pending: metrics.ObservableGauge
+    overdue: metrics.UpDownCounter
 
     @classmethod
     def create(
@@ -140,6 +143,11 @@ class _Instruments:
                 callbacks=[_observe_pending],
                 unit="{reminder}",
                 description="Reminders pending in the store, by Reminders' name.",
+            ),
+            overdue=meter.create_up_down_counter(
+                "periodic.overdue",
+                unit="{job}",
+                description="Jobs overdue now: no run finished ok for their overdue_after.",
             ),
         )
 
@@ -267,6 +275,14 @@ class _TelemetrySubscriber:
             self._skipped(event, self._get_instruments())
         elif isinstance(event, LeadershipChanged):
             self._leadership(event, self._get_instruments())
+        elif isinstance(event, (Overdue, Recovered)):
+            self._overdue(event, self._get_instruments())
+
+    def _overdue(self, event: Overdue | Recovered, inst: _Instruments) -> None:
+        try:
+            inst.overdue.add(1 if isinstance(event, Overdue) else -1, {"periodic.job": event.job})
+        except Exception:
+            _log.exception("OpenTelemetry raised while counting an overdue job")
 
     def _leadership(self, event: LeadershipChanged, inst: _Instruments) -> None:
         try:

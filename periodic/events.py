@@ -6,7 +6,8 @@ failed try that is tried again ends in a ``Finished(will_retry=True)``, and the 
 begins with a :class:`Retrying`); each tick that starts no run emits
 one :class:`Skipped`; ``on_overlap="stop_previous"`` emits a :class:`StoppedPrevious` for
 each run it cancels. Peers emit :class:`LeadershipChanged` when they gain or lose the
-leadership of their election.
+leadership of their election. A job with ``overdue_after`` emits :class:`Overdue` when no
+run finished ``ok`` for that long, and :class:`Recovered` when it is not overdue any more.
 """
 
 from ._events import CancelReason as CancelReason
@@ -15,6 +16,9 @@ from ._events import Finished as Finished
 from ._events import Handler as Handler
 from ._events import LeadershipChanged as LeadershipChanged
 from ._events import Outcome as Outcome
+from ._events import Overdue as Overdue
+from ._events import Recovered as Recovered
+from ._events import RecoveredBy as RecoveredBy
 from ._events import Retrying as Retrying
 from ._events import Skipped as Skipped
 from ._events import SkipReason as SkipReason
@@ -30,6 +34,9 @@ __all__ = [
     "Handler",
     "LeadershipChanged",
     "Outcome",
+    "Overdue",
+    "Recovered",
+    "RecoveredBy",
     "Retrying",
     "SkipReason",
     "Skipped",
