@@ -14,6 +14,8 @@ from ._events import (
     Event,
     Finished,
     LeadershipChanged,
+    Overdue,
+    Recovered,
     Retrying,
     Skipped,
     Started,
@@ -25,7 +27,17 @@ from ._runs import Run
 from ._scheduler import Periodic, copy_job, manual_tick
 from .exceptions import JobNotStarted
 
-E = TypeVar("E", Started, Finished, Retrying, Skipped, StoppedPrevious, LeadershipChanged)
+E = TypeVar(
+    "E",
+    Started,
+    Finished,
+    Retrying,
+    Skipped,
+    StoppedPrevious,
+    LeadershipChanged,
+    Overdue,
+    Recovered,
+)
 
 _KINDS: dict[str, type[Any]] = {
     "started": Started,
@@ -34,6 +46,8 @@ _KINDS: dict[str, type[Any]] = {
     "skipped": Skipped,
     "stopped_previous": StoppedPrevious,
     "leadership_changed": LeadershipChanged,
+    "overdue": Overdue,
+    "recovered": Recovered,
 }
 
 
@@ -159,7 +173,8 @@ class CapturedEvents(Sequence[Event]):
     def of(self, kind: str) -> list[Any]: ...
     def of(self, kind: type[E] | str) -> list[E] | list[Any]:
         """The captured events of one kind: a class, or ``"started"``, ``"finished"``,
-        ``"skipped"``, ``"stopped_previous"``, ``"leadership_changed"``, ``"retrying"``.
+        ``"skipped"``, ``"stopped_previous"``, ``"leadership_changed"``, ``"retrying"``,
+        ``"overdue"``, ``"recovered"``.
 
         Raises:
             ValueError: ``kind`` is an unknown name.

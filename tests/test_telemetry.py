@@ -328,6 +328,32 @@ async def test_ok(autojump_clock: trio.testing.MockClock, otel: OTel) -> None:
     assert otel.sums("periodic.skips") == {}
 
 
+async def test_overdue_jobs_are_counted_up_and_down(
+    autojump_clock: trio.testing.MockClock, otel: OTel
+) -> None:
+    failing = True
+
+    async def job() -> None:
+        if failing:
+            raise ValueError("down")
+
+    p = Periodic(run=job, every=10, overdue_after=15, name=JOB)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(p.serve)
+        await trio.sleep(14)
+        assert otel.sums("periodic.overdue") == {}
+        await trio.sleep(2)  # overdue at 15
+        assert otel.sums("periodic.overdue") == {key(): 1}
+        failing = False
+        await trio.sleep(5)  # the run at 20 is ok
+        assert otel.sums("periodic.overdue") == {key(): 0}
+        failing = True
+        await trio.sleep(20)  # overdue again at 35
+        assert otel.sums("periodic.overdue") == {key(): 1}
+        nursery.cancel_scope.cancel()
+    assert otel.sums("periodic.overdue") == {key(): 0}  # serve ended: not overdue any more
+
+
 async def test_error(autojump_clock: trio.testing.MockClock, otel: OTel) -> None:
     async def job() -> None:
         await trio.sleep(0.5)
