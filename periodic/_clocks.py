@@ -93,6 +93,12 @@ class State:
     crash: BaseException | None = None
     # Paused by job.pause() (kept across serves).
     paused: bool = False
+    # A tick is being awaited (an automatic one handed over to serve, or a trigger):
+    # another waits for it (a trigger) or is put off until it is over (an automatic
+    # one: deferred), so that two ticks never pass the overlap guard together.
+    busy: bool = False
+    idle: trio.Event | None = None
+    deferred: bool = False
     # overdue_after: the alarm, when the count started (serve, resume), the end of the
     # last ok run, and whether the job is overdue now.
     overdue_alarm: Alarm | None = None
@@ -248,7 +254,27 @@ class Clocks(Parts):
         state = self._state
         state.rest = rest
         state.then = then
+        state.busy = True
         self._wake()
+
+    def _tick_over(self) -> None:
+        """An awaited tick is over: let a waiting trigger, or a deferred tick, go on."""
+        state = self._state
+        state.busy = False
+        if state.idle is not None:
+            state.idle.set()
+            state.idle = None
+        if state.deferred:
+            state.deferred = False
+            self._arm_now()
+
+    def _put_off(self) -> bool:
+        """Whether an automatic tick, now due, waits for a trigger under way."""
+        state = self._state
+        if state.busy:
+            state.deferred = True
+            return True
+        return False
 
     def _crashed(self, exc: BaseException) -> None:
         # What a tick raised (a guard's BaseException, a broken wall clock, a bug)
@@ -272,6 +298,10 @@ class Clocks(Parts):
         if inspect.iscoroutine(guard):  # an async guard's call, never awaited
             guard.close()
         state.then = None
+        state.busy = state.deferred = False
+        if state.idle is not None:  # a trigger waiting: it finds serve gone
+            state.idle.set()
+            state.idle = None
         state.in_backlog = False
         state.backlog.clear()
         state.replan = None
@@ -283,6 +313,8 @@ class Clocks(Parts):
     # -- the interval clock ------------------------------------------------------------
 
     def _regular_due_now(self) -> None:
+        if self._state.busy and self._put_off():
+            return
         due, _ = self._catch_up_regular()  # (a late wake-up: the missed-tick rule)
         if self._plain:
             self._runs.spawn(due, None, None, self._retry_until())
@@ -321,6 +353,8 @@ class Clocks(Parts):
         return state.due, None
 
     def _shifted_due_now(self) -> None:
+        if self._state.busy and self._put_off():
+            return
         self._state.next_tick_at = None
         outcome = self._tick_start(self._state.due, None, None)
         if not isinstance(outcome, DECIDED):
@@ -387,6 +421,8 @@ class Clocks(Parts):
         the last one fired, a jump backwards never repeats a run.
         """
         state = self._state
+        if state.busy and self._put_off():
+            return
         schedule = state.schedule
         assert schedule is not None
         assert state.alarm is not None

@@ -373,7 +373,9 @@ class Periodic(EventSource, Clocks, Durable):
                             rest, state.rest = state.rest, None
                             then, state.then = state.then, None
                             if rest is not None and then is not None:
-                                then(await rest)
+                                outcome = await rest
+                                self._tick_over()
+                                then(outcome)
                 finally:
                     crash = self._stop_ticking()
                     await self._runs.shutdown()
@@ -449,7 +451,17 @@ class Periodic(EventSource, Clocks, Durable):
         schedule = self._schedule
         fire_time = None if schedule is None else self._wall_now().astimezone(schedule.tz)
         async with state.tick_lock:  # (takes turns with manual ticks and other triggers)
-            outcome = await self._tick(trio.current_time(), None, fire_time, "local")
+            while state.busy:  # an automatic tick is being awaited: after it
+                if state.idle is None:
+                    state.idle = trio.Event()
+                await state.idle.wait()
+            if not self._runs.accepting:
+                raise RuntimeError(f"{self!r} stopped being served before the trigger")
+            state.busy = True
+            try:
+                outcome = await self._tick(trio.current_time(), None, fire_time, "local")
+            finally:
+                self._tick_over()
         if isinstance(outcome, Run):
             started = await outcome.wait_started()
             if started is not None:

@@ -23,6 +23,7 @@ from periodic.events import (
     Started,
 )
 from periodic.exceptions import JobNotStarted
+from periodic.stores import MemoryStore
 from periodic.testing import LocalPeer, capture_events, serve_for, sync_tick
 
 
@@ -436,3 +437,42 @@ async def test_overdue_in_manual_mode(autojump_clock: trio.testing.MockClock) ->
     overdue = events.of(Overdue)
     assert [(e.last_ok_at, e.overdue_for) for e in overdue] == [(3.0, 5.0)]
     assert [e.reason for e in events.of(Recovered)] == [RecoveredBy.STOPPED]
+
+
+class SlowStore(MemoryStore):
+    """A MemoryStore whose claims take a second."""
+
+    async def claim(self, name: str, **kwargs: Any) -> int | None:  # type: ignore[override]
+        await trio.sleep(1)
+        return await super().claim(name, **kwargs)
+
+
+async def test_a_trigger_and_a_tick_never_pass_the_overlap_guard_together(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The trigger passes the overlap guard at 9.5 and claims until 10.5. The tick due at
+    # 10 waits for it, and then finds the triggered run going on.
+    wall_zero = datetime.datetime(2026, 5, 1, tzinfo=datetime.timezone.utc)
+    store = SlowStore()
+    job = Job(duration=5)
+    p = Periodic(
+        run=job,
+        every=10,
+        on_overlap="ignore",
+        store=store,
+        name="slow",
+        wall_clock=lambda: wall_zero + datetime.timedelta(seconds=trio.current_time()),
+    )
+    with capture_events(p) as events:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.serve)
+            await nursery.start(p.serve)
+            await trio.sleep(9.5)
+            started = await p.trigger()
+            await trio.sleep(11)
+            nursery.cancel_scope.cancel()
+    assert isinstance(started, Started)
+    assert started.started_at == 10.5
+    assert [e.started_at for e in events.of(Started)] == [10.5, 21.0]  # (21: claimed at 20)
+    assert [(str(e.reason), e.scheduled_at) for e in events.of(Skipped)] == [("overlap", 10.0)]
+    assert job.starts == [10.5, 21.0]
