@@ -476,3 +476,31 @@ async def test_a_trigger_and_a_tick_never_pass_the_overlap_guard_together(
     assert [e.started_at for e in events.of(Started)] == [10.5, 21.0]  # (21: claimed at 20)
     assert [(str(e.reason), e.scheduled_at) for e in events.of(Skipped)] == [("overlap", 10.0)]
     assert job.starts == [10.5, 21.0]
+
+
+async def test_a_trigger_waits_for_a_tick_being_claimed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The tick due at 10 claims until 11; a trigger at 10.5 waits for it, and then finds
+    # its run going on.
+    wall_zero = datetime.datetime(2026, 5, 1, tzinfo=datetime.timezone.utc)
+    store = SlowStore()
+    job = Job(duration=5)
+    p = Periodic(
+        run=job,
+        every=10,
+        on_overlap="ignore",
+        store=store,
+        name="slow",
+        wall_clock=lambda: wall_zero + datetime.timedelta(seconds=trio.current_time()),
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.serve)
+        await nursery.start(p.serve)
+        await trio.sleep(10.5)
+        skipped = await p.trigger()
+        assert trio.current_time() == 11.0
+        nursery.cancel_scope.cancel()
+    assert isinstance(skipped, Skipped)
+    assert (skipped.reason, skipped.scheduled_at) == (SkipReason.OVERLAP, 11.0)
+    assert job.starts == [11.0]
