@@ -31,7 +31,7 @@ from pg_support import drop_table, require_postgres, unique_table
 
 from periodic import Periodic
 from periodic.events import Event, Skipped, Started
-from periodic.stores import JobState, MemoryStore, RunRecord, Store
+from periodic.stores import JobPaused, JobState, MemoryStore, RunRecord, Store
 from periodic.stores.sqlite import SQLiteStore
 from periodic.testing import serve_for
 
@@ -41,6 +41,17 @@ T0 = datetime.datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
 
 def at(seconds: float) -> datetime.datetime:
     return T0 + datetime.timedelta(seconds=seconds)
+
+
+def real_now() -> datetime.datetime:
+    return datetime.datetime.now(UTC)
+
+
+def unstamped(state: JobState | None) -> JobState:
+    """``state`` without its ``registered_at``, a time of the store's own clock."""
+    assert state is not None
+    assert state.registered_at is not None
+    return attrs.evolve(state, registered_at=None)
 
 
 # -- the backends -----------------------------------------------------------------------------
@@ -169,9 +180,9 @@ class Frozen(Store):
     ) -> None:
         raise NotImplementedError("serve the inner store")
 
-    async def register(self, name: str, *, schedule: str, anchor: datetime.datetime) -> JobState:
+    async def register(self, name: str, **options: Any) -> JobState:
         with hold():
-            return await self.inner.register(name, schedule=schedule, anchor=anchor)
+            return await self.inner.register(name, **options)
 
     async def claim(self, name: str, **options: Any) -> int | None:
         with hold():
@@ -192,6 +203,21 @@ class Frozen(Store):
     async def runs(self, name: str, *, limit: int = 20) -> list[RunRecord]:
         with hold():
             return await self.inner.runs(name, limit=limit)
+
+    async def pause(self, name: str, *, note: str | None = None) -> None:
+        with hold():
+            await self.inner.pause(name, note=note)
+
+    async def resume(self, name: str) -> None:
+        with hold():
+            await self.inner.resume(name)
+
+    async def trigger(self, name: str) -> None:
+        with hold():
+            await self.inner.trigger(name)
+
+    def watch_triggers(self, name: str, notify: Callable[[], object]) -> Callable[[], None]:
+        return self.inner.watch_triggers(name, notify)
 
 
 @pytest.fixture(params=DURABLE)
@@ -229,14 +255,35 @@ def finish(store: Store, run: int, outcome: str, *, at_: float = 0.0, name: str 
 
 
 async def test_register_makes_a_record_once_and_keeps_its_anchor(store: Store) -> None:
+    before = real_now()
     first = await store.register("rollup", schedule="every 10s", anchor=at(10))
-    assert first == JobState(name="rollup", schedule="every 10s", anchor=at(10))
+    assert unstamped(first) == JobState(name="rollup", schedule="every 10s", anchor=at(10))
+    # The store's clock (PostgreSQL's own), on this host.
+    assert first.registered_at is not None
+    slack = datetime.timedelta(seconds=2)
+    assert before - slack <= first.registered_at <= real_now() + slack
     assert await store.register("rollup", schedule="every 10s", anchor=at(99)) == first
     changed = await store.register("rollup", schedule="every 20s", anchor=at(99))
-    assert changed == JobState(name="rollup", schedule="every 20s", anchor=at(10))
+    assert changed == attrs.evolve(first, schedule="every 20s")
+    # overdue_after is stored at every registration; registered_at never moves.
+    later = await store.register("rollup", schedule="every 20s", anchor=at(99), overdue_after=90)
+    assert later == attrs.evolve(changed, overdue_after=90.0)
+    assert await store.register("rollup", schedule="every 20s", anchor=at(0)) == changed
     assert await store.job("rollup") == changed
     assert await store.jobs() == [changed]
     assert await store.job("other") is None
+
+
+@pytest.mark.parametrize(
+    ("overdue_after", "error"),
+    [(0, ValueError), (-1.0, ValueError), (math.inf, ValueError), ("60", TypeError)],
+)
+async def test_a_bad_overdue_after_is_refused(
+    store: Store, overdue_after: Any, error: type[Exception]
+) -> None:
+    with pytest.raises(error, match="overdue_after must be a"):
+        await store.register("j", schedule="every 1s", anchor=at(0), overdue_after=overdue_after)
+    assert await store.job("j") is None
 
 
 async def test_register_keeps_what_the_job_has_done(store: Store) -> None:
@@ -244,7 +291,7 @@ async def test_register_keeps_what_the_job_has_done(store: Store) -> None:
     key = await claim(store, 5, fence=3)
     await finish(store, key, "error", at_=7)
     again = await store.register("j", schedule="every 2s", anchor=at(50))
-    assert again == JobState(
+    assert unstamped(again) == JobState(
         name="j",
         schedule="every 2s",
         anchor=at(0),
@@ -277,7 +324,7 @@ async def test_a_slot_is_claimed_once_and_never_one_before_the_latest(store: Sto
     second = await claim(store, 20, node="b")
     assert isinstance(second, int)
     assert second != first
-    assert await store.job("j") == JobState(
+    assert unstamped(await store.job("j")) == JobState(
         name="j",
         schedule="every 10s",
         anchor=at(0),
@@ -434,6 +481,394 @@ async def test_runs_are_newest_first_at_most_limit(store: Store) -> None:
 async def test_a_bad_limit_is_refused(store: Store, limit: Any, error: type[Exception]) -> None:
     with pytest.raises(error, match="limit must be an int >= 1"):
         await store.runs("j", limit=limit)
+
+
+# -- pause, resume, trigger ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("what", ["pause", "resume", "trigger"])
+async def test_operating_an_unknown_job_is_a_lookup_error(store: Store, what: str) -> None:
+    await store.register("j", schedule="every 1s", anchor=at(0))
+    with pytest.raises(LookupError, match="job 'nobody' is not registered"):
+        await getattr(store, what)("nobody")
+    assert unstamped(await store.job("j")) == JobState(name="j", schedule="every 1s", anchor=at(0))
+
+
+async def test_a_paused_job_refuses_scheduled_claims_and_runs_when_asked(store: Store) -> None:
+    await store.register("j", schedule="every 1s", anchor=at(0))
+    await store.register("k", schedule="every 1s", anchor=at(0))
+    assert await claim(store, 1) is not None
+    await store.pause("j", note="incident 42")
+    paused = await store.job("j")
+    assert paused is not None
+    assert (paused.paused, paused.pause_note) == (True, "incident 42")
+    assert paused.paused_at is not None
+    assert paused.registered_at is not None
+    assert paused.registered_at <= paused.paused_at
+    runs = await store.runs("j")
+    with pytest.raises(JobPaused, match="job 'j' is paused"):
+        await claim(store, 2)
+    assert (await store.job("j"), await store.runs("j")) == (paused, runs)  # nothing written
+    # Another job is not paused.
+    assert await claim(store, 2, name="k") is not None
+    # Pausing again: a new note, the same pause.
+    await store.pause("j")
+    again = await store.job("j")
+    assert again == attrs.evolve(paused, pause_note=None)
+    # A run asked for in the process runs a paused job, and is claimed as any other.
+    assert (
+        await store.claim("j", slot=at(2), node="a", fence=None, started_at=at(3), trigger="local")
+        is not None
+    )
+    with pytest.raises(JobPaused):
+        await claim(store, 3)
+    state = await store.job("j")
+    assert state is not None
+    assert (state.paused, state.last_slot, state.resumed_at) == (True, at(2), None)
+    await store.resume("j")
+    resumed = await store.job("j")
+    assert resumed is not None
+    assert (resumed.paused, resumed.paused_at, resumed.pause_note) == (False, None, None)
+    assert resumed.resumed_at is not None
+    assert resumed.resumed_at >= paused.paused_at
+    assert await claim(store, 3) is not None
+    # Resuming a job that is not paused changes nothing.
+    before = await store.job("j")
+    await store.resume("j")
+    assert await store.job("j") == before
+
+
+@pytest.mark.parametrize("trigger", ["manual", "", True, 1])
+async def test_an_unknown_trigger_is_refused(store: Store, trigger: Any) -> None:
+    await store.register("j", schedule="every 1s", anchor=at(0))
+    with pytest.raises(ValueError, match='trigger must be None, "local" or "store"'):
+        await store.claim("j", slot=at(1), node="a", fence=None, started_at=at(1), trigger=trigger)
+    assert await store.runs("j") == []
+
+
+def take(store: Store, slot: float, *, node: str = "a", fence: int | None = None) -> Any:
+    """Claim ``slot`` to take a trigger asked for in the store."""
+    return store.claim(
+        "j", slot=at(slot), node=node, fence=fence, started_at=at(slot), trigger="store"
+    )
+
+
+async def test_a_store_trigger_is_taken_once(store: Store) -> None:
+    await store.register("j", schedule="every 1s", anchor=at(0))
+    # None pending: nothing is claimed, nothing written.
+    assert await take(store, 1) is None
+    assert (unstamped(await store.job("j")), await store.runs("j")) == (
+        JobState(name="j", schedule="every 1s", anchor=at(0)),
+        [],
+    )
+    await store.trigger("j")
+    first = await store.job("j")
+    assert first is not None
+    assert first.triggered_at is not None
+    assert first.registered_at is not None
+    assert first.triggered_at >= first.registered_at
+    await store.trigger("j")  # while one is pending: the same one
+    assert await store.job("j") == first
+    # A run asked for in the process leaves it pending; so does a claim refused by
+    # the slot or the fence.
+    assert await claim(store, 5, fence=7) is not None
+    assert await take(store, 5) is None
+    assert await take(store, 6, fence=6) is None
+    state = await store.job("j")
+    assert state is not None
+    assert (state.triggered_at, state.last_slot) == (first.triggered_at, at(5))
+    # A paused job runs when a trigger asks for it.
+    await store.pause("j")
+    key = await take(store, 6, node="b", fence=7)
+    assert isinstance(key, int)
+    state = await store.job("j")
+    assert state is not None
+    assert (state.triggered_at, state.last_slot, state.last_node) == (None, at(6), "b")
+    assert state.paused
+    assert await take(store, 7) is None
+    [latest, *_] = await store.runs("j")
+    assert latest == RunRecord(slot=at(6), node="b", fence=7, started_at=at(6))
+    await finish(store, key, "ok", at_=8)
+    done = await store.job("j")
+    assert done is not None
+    assert (done.last_outcome, done.last_ok_at) == ("ok", at(8))
+
+
+async def test_racing_takers_of_a_trigger_take_it_once(backend: Backend) -> None:
+    handles = [backend.make() for _ in range(4)]  # as many processes (MemoryStore: one)
+    async with serving(*handles):
+        await handles[0].register("j", schedule="every 1s", anchor=at(0))
+        for round_ in range(1, 11):
+            await handles[round_ % 4].trigger("j")
+            won: list[int] = []
+
+            async def taker(handle: Store, slot: int, won: list[int]) -> None:
+                if await take(handle, slot) is not None:
+                    won.append(slot)
+
+            async with trio.open_nursery() as nursery:
+                for i, handle in enumerate(handles):
+                    # Each at its own slot, all after the last one taken.
+                    nursery.start_soon(taker, handle, round_ * 10 + i, won)
+            assert len(won) == 1, (round_, won)
+            state = await handles[0].job("j")
+            assert state is not None
+            assert (state.triggered_at, state.last_slot) == (None, at(won[0]))
+        assert len(await handles[0].runs("j")) == 10
+
+
+# -- last ok, overdue -------------------------------------------------------------------------
+
+
+async def test_last_ok_at_is_the_latest_end_of_a_run_that_ended_ok(store: Store) -> None:
+    await store.register("j", schedule="every 1s", anchor=at(0))
+
+    async def last_ok() -> datetime.datetime | None:
+        state = await store.job("j")
+        assert state is not None
+        return state.last_ok_at
+
+    one, two, three = [await claim(store, slot) for slot in (1, 2, 3)]
+    await finish(store, three, "error", at_=30)
+    assert await last_ok() is None
+    await finish(store, two, "ok", at_=20)  # not the latest slot's run: it counts
+    assert await last_ok() == at(20)
+    await finish(store, one, "ok", at_=10)  # ended before: the later end stays
+    assert await last_ok() == at(20)
+    state = await store.job("j")
+    assert state is not None
+    assert (state.last_outcome, state.consecutive_failures) == ("error", 1)
+    await finish(store, three, "ok", at_=31)
+    assert await last_ok() == at(31)
+    # An unknown run's end, ok or not, is ignored.
+    await finish(store, one + two + three + 1000, "ok", at_=99)
+    assert await last_ok() == at(31)
+
+
+class Clock:
+    """A wall clock set by hand: seconds after T0."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> datetime.datetime:
+        return at(self.now)
+
+
+async def test_overdue_is_judged_on_the_memory_stores_wall_clock() -> None:
+    clock = Clock()
+    store = MemoryStore(wall_clock=clock)
+
+    async def overdue(at_: float) -> bool:
+        clock.now = at_
+        state = await store.job("j")
+        [listed] = await store.jobs()
+        assert state is not None
+        assert listed == state
+        return state.overdue
+
+    async with serving(store):
+        first = await store.register("j", schedule="every 10s", anchor=at(0), overdue_after=60)
+        assert (first.registered_at, first.overdue_after, first.overdue) == (at(0), 60.0, False)
+        assert not await overdue(59.999999)
+        assert await overdue(60)
+        # Counted from the first registration: a process that registers again and again
+        # but never runs the job ok does not reset it.
+        clock.now = 70
+        again = await store.register("j", schedule="every 10s", anchor=at(5), overdue_after=60)
+        assert (again.registered_at, again.overdue) == (at(0), True)
+        # From the end of the last ok run.
+        key = await claim(store, 60)
+        await finish(store, key, "ok", at_=65)
+        assert not await overdue(124.9)
+        assert await overdue(125)
+        failed = await claim(store, 130)
+        await finish(store, failed, "error", at_=131)
+        assert await overdue(131)
+        # Never while paused; from the resume on.
+        clock.now = 200
+        await store.pause("j", note="incident")
+        assert not await overdue(10_000)
+        clock.now = 10_000
+        await store.resume("j")
+        assert not await overdue(10_059)
+        assert await overdue(10_060)
+        # The latest of the three counts: a later ok run.
+        key = await claim(store, 10_060)
+        await finish(store, key, "ok", at_=10_070)
+        assert not await overdue(10_129)
+        assert await overdue(10_130)
+        # A deploy that drops overdue_after.
+        clock.now = 10_130
+        assert not (await store.register("j", schedule="every 10s", anchor=at(0))).overdue
+        assert not await overdue(99_999)
+        # The store's clock stamps the operations.
+        clock.now = 100_000
+        await store.trigger("j")
+        await store.pause("j")
+        state = await store.job("j")
+        assert state is not None
+        assert (state.triggered_at, state.paused_at, state.resumed_at) == (
+            at(100_000),
+            at(100_000),
+            at(10_000),
+        )
+
+
+def test_the_memory_stores_wall_clock_is_checked() -> None:
+    with pytest.raises(TypeError, match="wall_clock must be None or a callable"):
+        MemoryStore(wall_clock=T0)  # type: ignore[arg-type]
+
+
+async def test_a_naive_wall_clock_is_refused_where_it_is_read() -> None:
+    store = MemoryStore(wall_clock=lambda: datetime.datetime(2026, 5, 1))
+    async with serving(store):
+        with pytest.raises(ValueError, match=r"wall_clock\(\) must be a timezone-aware"):
+            await store.register("j", schedule="every 1s", anchor=at(0))
+
+
+async def test_a_durable_store_judges_overdue_on_its_own_clock(durable: Backend) -> None:
+    # Real time: the durable stores' clock is the process's (SQLite) or the database's.
+    store = durable.make()
+
+    async def overdue() -> bool:
+        state = await store.job("j")
+        [listed] = await store.jobs()
+        assert state is not None
+        assert listed.overdue == state.overdue
+        return state.overdue
+
+    async with serving(store):
+        first = await store.register("j", schedule="every 1s", anchor=at(0), overdue_after=3600)
+        assert not first.overdue
+        again = await store.register("j", schedule="every 1s", anchor=at(0), overdue_after=0.5)
+        assert not again.overdue
+        assert not await overdue()
+        await trio.sleep(0.6)
+        assert await overdue()
+        # Counted from the first registration.
+        assert (
+            await store.register("j", schedule="every 1s", anchor=at(0), overdue_after=0.5)
+        ).overdue
+        # From the end of the last ok run.
+        key = await claim(store, 1)
+        await finish(store, key, "ok", at_=0)  # long ago: still overdue
+        assert await overdue()
+        key = await store.claim("j", slot=at(2), node="a", fence=None, started_at=real_now())
+        assert key is not None
+        ended = real_now()
+        await store.finish("j", key, outcome="ok", finished_at=ended, duration=0.0, error=None)
+        assert not await overdue()
+        state = await store.job("j")
+        assert state is not None
+        assert state.last_ok_at == ended
+        await trio.sleep(0.6)
+        assert await overdue()
+        # Never while paused; from the resume on.
+        await store.pause("j")
+        assert not await overdue()
+        await trio.sleep(0.6)
+        assert not await overdue()
+        await store.resume("j")
+        assert not await overdue()
+        await trio.sleep(0.6)
+        assert await overdue()
+
+
+# -- watching triggers ------------------------------------------------------------------------
+
+
+async def test_watchers_are_told_of_a_trigger_asked_for_in_this_process(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    await store.register("j", schedule="every 1s", anchor=at(0))
+    await store.register("k", schedule="every 1s", anchor=at(0))
+    heard: list[str] = []
+
+    def broken() -> None:
+        raise RuntimeError("a broken watcher")
+
+    unwatch_j = store.watch_triggers("j", lambda: heard.append("j"))
+    unwatch_broken = store.watch_triggers("j", broken)
+    also_j = store.watch_triggers("j", lambda: heard.append("j again"))
+    store.watch_triggers("k", lambda: heard.append("k"))
+    with caplog.at_level("ERROR", logger="periodic"):
+        await store.trigger("j")
+    # At once, in order; the broken watcher's error is logged, and the others told.
+    assert heard[:2] == ["j", "j again"]
+    assert "k" not in heard
+    [record] = [r for r in caplog.records if "a watcher of the triggers of 'j'" in r.message]
+    assert record.exc_info is not None
+    assert "a broken watcher" in str(record.exc_info[1])
+    unwatch_j()
+    unwatch_j()  # again: nothing
+    unwatch_broken()
+    heard.clear()
+    await store.trigger("j")
+    assert heard[:1] == ["j again"]
+    assert set(heard) == {"j again"}
+    also_j()
+    heard.clear()
+    await store.trigger("j")
+    await store.trigger("k")
+    assert heard[:1] == ["k"]
+    assert set(heard) == {"k"}
+
+
+async def wait_for(heard: list[str], count: int, *, within: float) -> float:
+    """Wait (real time) until ``heard`` holds ``count`` entries; the seconds it took."""
+    start = trio.current_time()
+    with trio.fail_after(within):
+        while len(heard) < count:
+            await trio.sleep(0.005)
+    return trio.current_time() - start
+
+
+async def test_a_trigger_from_another_process_reaches_the_watchers(durable: Backend) -> None:
+    # Real time. The watching store polls every 0.2 s (SQLite) or hears the NOTIFY
+    # (PostgreSQL: its poll is set far off, so only the notification can be in time).
+    watching, other = durable.make(), durable.make()
+    watching.trigger_poll = 0.2 if durable.kind == "sqlite" else 600.0
+    heard: list[str] = []
+    async with serving(watching, other):
+        await other.register("j", schedule="every 1s", anchor=at(0))
+        await other.register("k", schedule="every 1s", anchor=at(0))
+        unwatch = watching.watch_triggers("j", lambda: heard.append("j"))
+        watching.watch_triggers("k", lambda: heard.append("k"))
+        await trio.sleep(1.5)  # the first poll, or the LISTEN, is done
+        assert heard == []
+        await other.trigger("j")
+        took = await wait_for(heard, 1, within=5)
+        assert heard[0] == "j"
+        if durable.kind == "postgres":
+            assert took < 0.5
+        # Taken by another process: told no more (once a poll under way is over).
+        assert await take(other, 1) is not None
+        await trio.sleep(0.5)
+        told = len(heard)
+        await trio.sleep(0.5)
+        assert len(heard) == told
+        assert set(heard) == {"j"}
+        unwatch()
+        await other.trigger("j")
+        await other.trigger("k")
+        await wait_for(heard, told + 1, within=5)
+        await trio.sleep(0.5)
+        assert set(heard[told:]) == {"k"}  # told again at each poll while pending
+
+
+async def test_a_trigger_pending_when_watching_begins_is_found_at_once(
+    durable: Backend,
+) -> None:
+    watching, other = durable.make(), durable.make()
+    watching.trigger_poll = 600.0  # only the first read, when watching begins, is in time
+    heard: list[str] = []
+    async with serving(watching, other):
+        await other.register("j", schedule="every 1s", anchor=at(0))
+        await other.trigger("j")
+        await trio.sleep(0.3)
+        watching.watch_triggers("j", lambda: heard.append("j"))
+        await wait_for(heard, 1, within=5)
 
 
 # -- times ------------------------------------------------------------------------------------

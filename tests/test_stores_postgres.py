@@ -176,7 +176,9 @@ async def test_a_table_of_the_wrong_shape_fails_serve_at_once(pg: str, prefix: s
         f"CREATE TABLE {prefix}jobs (name text PRIMARY KEY, schedule text, "
         "anchor timestamptz, last_slot timestamp, last_node text, last_fence bigint, "
         "max_fence bigint, last_outcome text, last_started_at timestamptz, "
-        "last_finished_at timestamptz, consecutive_failures integer)",
+        "last_finished_at timestamptz, consecutive_failures integer, paused_at timestamptz, "
+        "pause_note text, triggered_at timestamptz, overdue_after double precision, "
+        "registered_at timestamptz, resumed_at timestamptz, last_ok_at timestamptz)",
     )
     error = await fails_at_once(PostgresStore(pg, table_prefix=prefix))
     assert f"{prefix}jobs has the wrong shape (last_slot is timestamp without time zone)" in (
@@ -340,3 +342,132 @@ async def test_claimers_killed_at_random_instants_leave_every_slot_claimed_once(
         zygote, rows, (seconds(last_slot), last_node), history=history, last_kill=last_kill
     )
     report.append({"backend": "postgres", "seed": seed, **numbers})
+
+
+# -- triggers: NOTIFY, the poll, the listening connection -------------------------------------
+
+
+@pytest.fixture
+def reminder_tables(pg: str, prefix: str) -> Iterator[None]:
+    yield
+    with contextlib.suppress(Exception):
+        query(pg, f"DROP TABLE IF EXISTS {prefix}reminders")
+        query(pg, f"DROP SEQUENCE IF EXISTS {prefix}reminder_fences")
+
+
+async def wait_until(heard: list[str], count: int, *, within: float) -> float:
+    """Wait until ``heard`` holds ``count`` entries; the seconds it took."""
+    start = trio.current_time()
+    with trio.fail_after(within):
+        while len(heard) < count:
+            await trio.sleep(0.005)
+    return trio.current_time() - start
+
+
+async def test_the_pending_triggers_are_read_in_case_a_notification_was_missed(
+    pg: str, prefix: str
+) -> None:
+    store = PostgresStore(pg, table_prefix=prefix)
+    assert store.trigger_poll == 5.0
+    store.trigger_poll = 0.2
+    heard: list[str] = []
+    async with served(store):
+        await store.register("j", schedule="every 1s", anchor=T0)
+        store.watch_triggers("j", lambda: heard.append("j"))
+        await trio.sleep(0.5)
+        assert heard == []
+        # Pending, but nobody was told (as if the NOTIFY was lost).
+        await trio.to_thread.run_sync(
+            query, pg, f"UPDATE {prefix}jobs SET triggered_at = now() WHERE name = 'j'"
+        )
+        await wait_until(heard, 1, within=5)
+
+
+def listeners(dsn: str) -> set[int]:
+    return connections(dsn, "periodic-store-listener")
+
+
+async def wait_for_listener(dsn: str, other_than: set[int]) -> set[int]:
+    with trio.fail_after(10):
+        while True:
+            found = await trio.to_thread.run_sync(listeners, dsn) - other_than
+            if found:
+                return found
+            await trio.sleep(0.05)
+
+
+async def test_one_connection_listens_for_triggers_and_reminders_and_survives_a_kill(
+    pg: str, prefix: str, reminder_tables: None
+) -> None:
+    before = listeners(pg)
+    watching = PostgresStore(pg, table_prefix=prefix)
+    watching.trigger_poll = 600.0  # only a notification can be in time
+    other = PostgresStore(pg, table_prefix=prefix)
+    triggers: list[str] = []
+    reminders: list[str] = []
+    async with served(watching), served(other), trio.open_nursery() as nursery:
+        await other.register("j", schedule="every 1s", anchor=T0)
+        watching.watch_triggers("j", lambda: triggers.append("j"))
+        await nursery.start(watching.listen_reminders, "r", lambda: reminders.append("r"))
+        [listener] = await wait_for_listener(pg, before)
+        await trio.sleep(1.5)  # it listens on both channels by now
+        assert listeners(pg) - before == {listener}
+        triggers.clear()
+        reminders.clear()
+        await other.trigger("j")
+        assert await wait_until(triggers, 1, within=5) < 0.5
+        await other.set_reminder("r", "k", fire_at=T0, payload="0")
+        assert await wait_until(reminders, 1, within=5) < 0.5
+
+        kill(pg, {listener})
+        [again] = await wait_for_listener(pg, before | {listener})
+        await trio.sleep(1.5)
+        assert watching.serving
+        triggers.clear()
+        reminders.clear()
+        await other.trigger("j")
+        assert await wait_until(triggers, 1, within=5) < 0.5
+        await other.cancel_reminder("r", "k")  # or k2, due no sooner, would tell nobody
+        await other.set_reminder("r", "k2", fire_at=T0, payload="0")
+        assert await wait_until(reminders, 1, within=5) < 0.5
+        assert listeners(pg) - before == {again}
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_listener_that_cannot_connect_retries_and_the_poll_goes_on(
+    pg: str, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    watching = PostgresStore(pg, table_prefix=prefix)
+    other = PostgresStore(pg, table_prefix=prefix)
+    watching.trigger_poll = 0.2
+    heard: list[str] = []
+    with caplog.at_level(logging.INFO, logger="periodic"):
+        async with served(watching), served(other):
+            await other.register("j", schedule="every 1s", anchor=T0)
+            reachable = watching._listen_conninfo
+            watching._listen_conninfo = make_conninfo(pg, port=1, connect_timeout=2)
+            watching.watch_triggers("j", lambda: heard.append("j"))
+            with trio.fail_after(5):
+                while not any("listening for notifications failed" in m for m in caplog.messages):
+                    await trio.sleep(0.01)
+            # The poll still finds the triggers.
+            await other.trigger("j")
+            await wait_until(heard, 1, within=5)
+            assert await other.claim(
+                "j", slot=at(1), node="b", fence=None, started_at=at(1), trigger="store"
+            )
+            # Reachable again: notified at once again.
+            watching._listen_conninfo = reachable
+            with trio.fail_after(20):
+                while not any("listening for notifications again" in m for m in caplog.messages):
+                    await trio.sleep(0.01)
+            watching.trigger_poll = 600.0
+            await trio.sleep(0.5)  # the poll under way, if any, ends
+            told = len(heard)
+            await other.trigger("j")
+            assert await wait_until(heard, told + 1, within=5) < 0.5
+            assert watching.serving
+    failures = [r for r in caplog.records if "listening for notifications failed" in r.message]
+    assert failures
+    assert all(r.levelno == logging.WARNING for r in failures)
+    assert not any(SECRET in m for m in caplog.messages)

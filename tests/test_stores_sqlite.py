@@ -125,7 +125,9 @@ async def test_a_missing_directory_fails_serve_at_once(tmp_path: Path) -> None:
             "CREATE TABLE periodic_jobs (name TEXT PRIMARY KEY, schedule TEXT, anchor INTEGER, "
             "last_slot TEXT, last_node TEXT, last_fence INTEGER, max_fence INTEGER, "
             "last_outcome TEXT, last_started_at INTEGER, last_finished_at INTEGER, "
-            "consecutive_failures INTEGER)",
+            "consecutive_failures INTEGER, paused_at INTEGER, pause_note TEXT, "
+            "triggered_at INTEGER, overdue_after REAL, registered_at INTEGER, "
+            "resumed_at INTEGER, last_ok_at INTEGER)",
             "last_slot is TEXT",
         ),
         (
@@ -179,7 +181,10 @@ async def test_tables_made_by_hand_with_other_declared_types_are_used(tmp_path: 
         "CREATE TABLE periodic_jobs (name VARCHAR(200) PRIMARY KEY, schedule CLOB NOT NULL, "
         "anchor BIGINT NOT NULL, last_slot BIGINT, last_node TEXT, last_fence BIGINT, "
         "max_fence BIGINT, last_outcome TEXT, last_started_at BIGINT, "
-        "last_finished_at BIGINT, consecutive_failures INT NOT NULL DEFAULT 0)",
+        "last_finished_at BIGINT, consecutive_failures INT NOT NULL DEFAULT 0, "
+        "paused_at BIGINT, pause_note VARCHAR(200), triggered_at BIGINT, "
+        "overdue_after DOUBLE, registered_at BIGINT NOT NULL, resumed_at BIGINT, "
+        "last_ok_at BIGINT)",
         "CREATE TABLE periodic_runs (id INTEGER PRIMARY KEY, job TEXT NOT NULL, "
         "slot BIGINT NOT NULL, node TEXT NOT NULL, fence BIGINT, started_at BIGINT NOT NULL, "
         "finished_at BIGINT, outcome TEXT, duration DOUBLE, error TEXT)",
@@ -285,8 +290,15 @@ def test_a_claim_whose_caller_gave_up_is_rolled_back(tmp_path: Path) -> None:
     database = store._db
     database.open(Call(time.monotonic() + 5))
     call = Call(time.monotonic() + 5)
-    database.run(call, lambda conn: database.register(conn, "j", "every 1s", 0))
-    params = {"name": "j", "slot": 1, "node": "a", "fence": None, "started_at": 1}
+    registered = {
+        "name": "j",
+        "schedule": "every 1s",
+        "anchor": 0,
+        "overdue_after": None,
+        "now": 0,
+    }
+    database.run(call, lambda conn: database.register(conn, registered))
+    params = {"name": "j", "slot": 1, "node": "a", "fence": None, "started_at": 1, "trigger": None}
     call.abandon()
     with pytest.raises(_Abandoned):
         database.run(call, lambda conn: database.claim(conn, call, 100, params))
@@ -345,3 +357,59 @@ async def test_claimers_killed_at_random_instants_leave_every_slot_claimed_once(
     )
     report.append({"backend": "sqlite", "seed": seed, **numbers})
     assert execute(path, "PRAGMA integrity_check") == [("ok",)]
+
+
+# -- triggers ---------------------------------------------------------------------------------
+
+
+async def test_the_watchers_are_told_at_each_poll_while_a_trigger_is_pending(
+    tmp_path: Path,
+) -> None:
+    watching, other = SQLiteStore(tmp_path / "jobs.db"), SQLiteStore(tmp_path / "jobs.db")
+    assert watching.trigger_poll == 1.0
+    watching.trigger_poll = 0.1
+    heard: list[float] = []
+    async with served(watching), served(other):
+        await other.register("j", schedule="every 1s", anchor=T0)
+        watching.watch_triggers("j", lambda: heard.append(trio.current_time()))
+        await trio.sleep(0.3)
+        assert heard == []
+        await other.trigger("j")
+        # The leader may take it later: it is told again at each poll until then.
+        with trio.fail_after(5):
+            while len(heard) < 3:
+                await trio.sleep(0.01)
+        assert heard[2] - heard[1] >= 0.09
+        key = await other.claim(
+            "j", slot=at(1), node="b", fence=None, started_at=at(1), trigger="store"
+        )
+        assert key is not None
+        await trio.sleep(0.3)  # a poll under way ends
+        told = len(heard)
+        await trio.sleep(0.5)
+        assert len(heard) == told
+
+
+async def test_a_failed_poll_is_logged_and_polling_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = SQLiteStore(tmp_path / "jobs.db", call_timeout=0.5)
+    store.trigger_poll = 0.05
+    heard: list[str] = []
+    async with served(store):
+        await store.register("j", schedule="every 1s", anchor=T0)
+        execute(tmp_path / "jobs.db", "UPDATE periodic_jobs SET triggered_at = 1")
+        # The table gone for a moment (someone at work on the file).
+        execute(tmp_path / "jobs.db", "ALTER TABLE periodic_jobs RENAME TO gone")
+        with caplog.at_level(logging.INFO, logger="periodic"):
+            store.watch_triggers("j", lambda: heard.append("j"))
+            with trio.fail_after(5):
+                while not any("reading the pending triggers failed" in m for m in caplog.messages):
+                    await trio.sleep(0.01)
+            assert heard == []
+            execute(tmp_path / "jobs.db", "ALTER TABLE gone RENAME TO periodic_jobs")
+            with trio.fail_after(5):
+                while not heard:
+                    await trio.sleep(0.01)
+            assert store.serving
+            assert any("read the pending triggers after 1 failure" in m for m in caplog.messages)

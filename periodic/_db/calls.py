@@ -215,12 +215,19 @@ async def open_retrying(
                 )
             else:
                 _log.debug("%r could not open its database again: %r", owner, exc)
-            delay = min(longest, 0.25 * 2 ** min(streak.attempts - 1, 16))
-            await trio.sleep(delay * random.uniform(0.5, 1.0))
+            await trio.sleep(retry_delay(streak.attempts, longest))
             continue
         if streak.attempts:
             _log.info("%r opened its database after %d failed attempt(s)", owner, streak.attempts)
         return result
+
+
+def retry_delay(attempts: int, longest: float = 15.0) -> float:
+    """Seconds to wait after ``attempts`` failures in a row before the next attempt:
+    0.25 s doubling, at most ``longest``, with jitter (so that processes that failed
+    together do not retry together)."""
+    delay = min(longest, 0.25 * 2 ** min(max(attempts, 1) - 1, 16))
+    return float(delay * random.uniform(0.5, 1.0))
 
 
 _FAULT_TEXT = {

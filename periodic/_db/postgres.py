@@ -4,6 +4,7 @@ how lasting an error is, and how a table is found and checked."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import re
 import threading
@@ -239,6 +240,72 @@ class Link:
         if conn is not None:
             with contextlib.suppress(Exception):  # it is being thrown away
                 conn.close()
+
+
+# -- notifications ----------------------------------------------------------------------------
+
+# A channel is an identifier: at most 63 bytes, or LISTEN and pg_notify() disagree.
+_CHANNEL_BYTES = 63
+
+
+def channel(schema: str, table: str) -> str:
+    """The notification channel of a table: its qualified name, or a digest of it."""
+    qualified = f"{schema}.{table}"
+    if len(qualified.encode()) <= _CHANNEL_BYTES:
+        return qualified
+    return f"periodic_{hashlib.sha256(qualified.encode()).hexdigest()[:40]}"
+
+
+class Listener:
+    """One connection listening (``LISTEN``) on a set of channels that may change,
+    replaced after an error (it is a :class:`Link`).
+
+    A notification sent while no connection listened is lost: :meth:`hear` says which
+    channels it has just begun to listen on, so that the caller can look for what it
+    may have missed on them.
+    """
+
+    def __init__(self, connect: Callable[[], Connection]) -> None:
+        self._link = Link(connect)
+        # The connection the channels below are listened on (kept, so that a new one
+        # is never taken for it).
+        self._conn: Connection | None = None
+        self._channels: set[str] = set()
+
+    def hear(
+        self, channels: Collection[str], *, wait: float, timeout: float
+    ) -> tuple[list[tuple[str, str]], set[str]]:
+        """Listen on exactly ``channels``, and wait at most ``wait`` seconds for a
+        notification (returning as soon as one comes).
+
+        Returns:
+            The notifications heard, as ``(channel, payload)``, and the channels that
+            were not listened on before (on a new connection: all of them).
+
+        Raises:
+            TimeoutError: An earlier call still holds the connection after ``timeout``.
+            psycopg.Error: The database failed (the connection is dropped).
+        """
+
+        def listen(conn: Connection) -> tuple[list[tuple[str, str]], set[str]]:
+            if conn is not self._conn:
+                self._conn, self._channels = conn, set()
+            wanted = set(channels)
+            fresh = wanted - self._channels
+            for name in sorted(fresh):
+                conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(name)))
+                self._channels.add(name)
+            for name in sorted(self._channels - wanted):
+                conn.execute(sql.SQL("UNLISTEN {}").format(sql.Identifier(name)))
+                self._channels.discard(name)
+            heard = [(n.channel, n.payload) for n in conn.notifies(timeout=wait, stop_after=1)]
+            return heard, fresh
+
+        return self._link.run(listen, timeout)
+
+    def close(self, timeout: float) -> None:
+        """Close the connection (when the call under way ends, if one is)."""
+        self._link.close(timeout)
 
 
 # -- errors -----------------------------------------------------------------------------------

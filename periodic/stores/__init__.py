@@ -8,6 +8,7 @@ are the durable ones; both are importable from here too, their driver loaded on 
 
 from typing import TYPE_CHECKING, Any
 
+from ._base import JobPaused as JobPaused
 from ._base import JobState as JobState
 from ._base import ReminderStore as ReminderStore
 from ._base import RunRecord as RunRecord
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from .sqlite import SQLiteStore as SQLiteStore
 
 __all__ = [
+    "JobPaused",
     "JobState",
     "MemoryStore",
     "PostgresStore",

@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import abc
 import datetime
-from collections.abc import Callable
+import logging
+from collections.abc import Awaitable, Callable, Iterable
 
 import attrs
 import trio
 
+from .._db import FailureStreak, Fault
+from .._db.calls import seconds
+
+_log = logging.getLogger("periodic")
+
 #: Outcomes that count as a failure in :attr:`JobState.consecutive_failures`.
 FAILURES = frozenset({"error", "timeout"})
+
+#: What :meth:`Store.claim` takes as its ``trigger``.
+TRIGGERS = (None, "local", "store")
+
+
+class JobPaused(Exception):
+    """A claim for a scheduled tick was refused because the job is paused in the store."""
 
 
 def _count(option: str, value: object, what: str = "") -> int:
@@ -31,6 +44,27 @@ def check_history(value: object) -> int:
     return _count("history", value, " (runs kept per job)")
 
 
+def check_overdue_after(value: object) -> float | None:
+    """The ``overdue_after`` of :meth:`Store.register`: ``None``, or seconds.
+
+    Raises:
+        TypeError: Neither ``None`` nor a number.
+        ValueError: Not positive and finite.
+    """
+    return None if value is None else seconds("overdue_after", value)
+
+
+def check_trigger(value: object) -> str | None:
+    """The ``trigger`` of :meth:`Store.claim`.
+
+    Raises:
+        ValueError: Not ``None``, ``"local"`` or ``"store"``.
+    """
+    if value not in TRIGGERS:
+        raise ValueError(f'trigger must be None, "local" or "store", got {value!r}')
+    return value
+
+
 @attrs.frozen(kw_only=True)
 class JobState:
     """What a store knows of a job; see :meth:`Store.jobs`.
@@ -49,6 +83,22 @@ class JobState:
         last_finished_at: When the latest finished run ended (aware UTC).
         consecutive_failures: Runs in a row, up to the latest finished one, whose outcome
             was ``error`` or ``timeout``.
+        paused: Whether the job is paused in the store (:meth:`Store.pause`): its
+            scheduled ticks start no run, in any process.
+        paused_at: When the current pause began (the store's clock), or ``None`` when the
+            job is not paused.
+        pause_note: The note given with the current pause, or ``None``.
+        triggered_at: When a run was asked for with :meth:`Store.trigger` (the store's
+            clock) that no process has taken yet, or ``None``.
+        overdue_after: Seconds without a run that ended ``ok`` after which the job is
+            overdue, as the latest :meth:`Store.register` gave it, or ``None``.
+        registered_at: When the job's record was made (the store's clock); never moved.
+        resumed_at: When the job was last resumed (the store's clock), or ``None``.
+        last_ok_at: When the latest run that ended ``ok`` ended, or ``None``.
+        overdue: Whether the job is overdue, judged by the store on its own clock as it
+            read the record: ``overdue_after`` is set, the job is not paused, and at least
+            ``overdue_after`` seconds have passed since the latest of ``last_ok_at``,
+            ``registered_at`` and ``resumed_at``.
     """
 
     name: str
@@ -61,6 +111,28 @@ class JobState:
     last_started_at: datetime.datetime | None = None
     last_finished_at: datetime.datetime | None = None
     consecutive_failures: int = 0
+    paused: bool = False
+    paused_at: datetime.datetime | None = None
+    pause_note: str | None = None
+    triggered_at: datetime.datetime | None = None
+    overdue_after: float | None = None
+    registered_at: datetime.datetime | None = None
+    resumed_at: datetime.datetime | None = None
+    last_ok_at: datetime.datetime | None = None
+    overdue: bool = False
+
+
+def judged(state: JobState, now: datetime.datetime) -> JobState:
+    """``state`` with :attr:`JobState.overdue` judged at ``now``, the store's clock: how
+    every store judges it, once it has read the record."""
+    since = [t for t in (state.last_ok_at, state.registered_at, state.resumed_at) if t]
+    overdue = (
+        state.overdue_after is not None
+        and not state.paused
+        and bool(since)
+        and (now - max(since)).total_seconds() >= state.overdue_after
+    )
+    return state if overdue == state.overdue else attrs.evolve(state, overdue=overdue)
 
 
 @attrs.frozen(kw_only=True)
@@ -95,15 +167,26 @@ class Store(abc.ABC):
     One store serves any number of jobs (``Periodic(store=...)``), each known by its
     ``name``; serve it with ``await nursery.start(store.serve)`` before the jobs. The
     scheduler calls :meth:`register` when a job is served, :meth:`claim` before each run
-    and :meth:`finish` after it; :meth:`jobs`, :meth:`job` and :meth:`runs` are for
-    people and tools. See the "Writing a store" section of the docs for the contract a
-    backend must keep; every method may raise what its database raises (the scheduler
-    then skips the tick with ``Skipped(reason="store_error")`` and goes on).
+    and :meth:`finish` after it, and watches for triggers with :meth:`watch_triggers`;
+    :meth:`jobs`, :meth:`job`, :meth:`runs`, :meth:`pause`, :meth:`resume` and
+    :meth:`trigger` are for people and tools. See the "Writing a store" section of the
+    docs for the contract a backend must keep; every method may raise what its database
+    raises (the scheduler then skips the tick with ``Skipped(reason="store_error")`` and
+    goes on).
     """
+
+    #: Seconds between reads of the store, while triggers are watched, for the triggers
+    #: other processes asked for; ``None`` when the store hears of every one itself.
+    trigger_poll: float | None = None
 
     # Jobs being served with this store (see attach()); set when the last one leaves.
     _attached: int = 0
     _detached: trio.Event | None = None
+    # In-process watchers of watch_triggers(), by name; set when one is added.
+    _trigger_watchers: dict[str, list[Callable[[], object]]] | None = None
+    _watchers_added: trio.Event | None = None
+    # Set to read the pending triggers at once rather than at the next poll.
+    _poll_soon: trio.Event | None = None
 
     def attach(self) -> None:
         """A job starts serving with this store; :meth:`detach` follows when it has stopped
@@ -146,11 +229,24 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def register(self, name: str, *, schedule: str, anchor: datetime.datetime) -> JobState:
+    async def register(
+        self,
+        name: str,
+        *,
+        schedule: str,
+        anchor: datetime.datetime,
+        overdue_after: float | None = None,
+    ) -> JobState:
         """Make the job's record unless it exists, and return what the store knows.
 
-        ``anchor`` is used only for a new record: an existing one keeps its own.
-        ``schedule`` is stored as it is given, for people to read.
+        ``anchor`` is used only for a new record: an existing one keeps its own, and its
+        ``registered_at``. ``schedule`` is stored as it is given, for people to read, and
+        ``overdue_after`` (seconds, or ``None``) as it is given at every call: a new
+        deploy may change either.
+
+        Raises:
+            TypeError, ValueError: ``overdue_after`` is neither ``None`` nor a positive,
+                finite number of seconds.
         """
 
     @abc.abstractmethod
@@ -162,6 +258,7 @@ class Store(abc.ABC):
         node: str,
         fence: int | None,
         started_at: datetime.datetime,
+        trigger: str | None = None,
     ) -> int | None:
         """Claim ``slot`` for a run, atomically, and record the run's start.
 
@@ -169,12 +266,21 @@ class Store(abc.ABC):
         and, when ``fence`` is not ``None``, if ``fence`` is at least the highest fence
         ever claimed with. Runs beyond the store's ``history`` are pruned.
 
+        ``trigger`` says why the run would start: ``None`` for a scheduled tick, which a
+        pause in the store refuses (:class:`JobPaused`, and nothing is written);
+        ``"local"`` for a run asked for in this process (``job.trigger()``), which runs a
+        paused job too; ``"store"`` to take a trigger asked for with :meth:`trigger`: it
+        runs a paused job too, and succeeds only if a trigger is pending, which it takes
+        (clears) in the same transaction.
+
         Returns:
             A key of the run's record (for :meth:`finish`), or ``None`` when the claim was
-            refused.
+            refused (with ``trigger="store"``: also when no trigger is pending).
 
         Raises:
             LookupError: The job was never registered.
+            JobPaused: ``trigger`` is ``None`` and the job is paused in the store.
+            ValueError: ``trigger`` is none of ``None``, ``"local"``, ``"store"``.
         """
 
     @abc.abstractmethod
@@ -191,7 +297,8 @@ class Store(abc.ABC):
         """Record the end of the run ``run`` (a key from :meth:`claim`).
 
         Updates the job's last outcome and its count of consecutive failures when the run
-        is the job's latest; a run whose record was pruned is ignored.
+        is the job's latest, and its :attr:`~JobState.last_ok_at` (to the later of the
+        two) for any run that ended ``ok``; a run whose record was pruned is ignored.
         """
 
     @abc.abstractmethod
@@ -205,6 +312,125 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def runs(self, name: str, *, limit: int = 20) -> list[RunRecord]:
         """The job's latest runs, newest first, at most ``limit``."""
+
+    # -- operating: pause, resume, trigger ------------------------------------------------
+
+    @abc.abstractmethod
+    async def pause(self, name: str, *, note: str | None = None) -> None:
+        """Pause the job in the store: from their next tick on, the processes serving it
+        start no scheduled run (a claim refuses them with :class:`JobPaused`) until
+        :meth:`resume`. ``paused_at`` is the store's clock; pausing a paused job replaces
+        its note and keeps its ``paused_at``.
+
+        Raises:
+            LookupError: The job was never registered.
+        """
+
+    @abc.abstractmethod
+    async def resume(self, name: str) -> None:
+        """Resume a paused job (nothing happens to one that is not paused); its
+        ``resumed_at`` is the store's clock, and its overdue count starts again from it.
+
+        Raises:
+            LookupError: The job was never registered.
+        """
+
+    @abc.abstractmethod
+    async def trigger(self, name: str) -> None:
+        """Ask for one run of the job now, paused or not: record a pending trigger
+        (``triggered_at``, the store's clock; a second trigger while one is pending is
+        the same one) and tell the processes serving the job, which take it with
+        ``claim(..., trigger="store")``.
+
+        Raises:
+            LookupError: The job was never registered.
+        """
+
+    def watch_triggers(self, name: str, notify: Callable[[], object]) -> Callable[[], None]:
+        """Call ``notify()`` whenever a trigger may be pending for ``name``: at once
+        when this process asks for one, and as the store hears of other processes'
+        (by polling every :attr:`trigger_poll` seconds while it is served, or as the
+        database tells it); again while one stays pending.
+
+        ``notify`` must be cheap and must not block; an exception it raises is logged
+        and dropped.
+
+        Returns:
+            A function that stops the watching (calling it again does nothing).
+        """
+        watchers = self._trigger_watchers
+        if watchers is None:
+            watchers = self._trigger_watchers = {}
+        mine = watchers.setdefault(name, [])
+        mine.append(notify)
+        added, self._watchers_added = self._watchers_added, None
+        if added is not None:
+            added.set()
+
+        def unwatch() -> None:
+            if notify in mine:
+                mine.remove(notify)
+                if not mine and watchers.get(name) is mine:
+                    del watchers[name]
+
+        return unwatch
+
+    @property
+    def _watched(self) -> bool:
+        """Whether any trigger is watched in this process."""
+        return bool(self._trigger_watchers)
+
+    async def _wait_watched(self) -> None:
+        """Return once a trigger is watched (at once if one is)."""
+        while not self._watched:
+            if self._watchers_added is None:
+                self._watchers_added = trio.Event()
+            await self._watchers_added.wait()
+
+    def _notify_triggers(self, name: str) -> None:
+        """Tell this process's watchers of ``name`` that a trigger may be pending."""
+        for notify in list((self._trigger_watchers or {}).get(name, ())):
+            try:
+                notify()
+            except Exception:
+                _log.exception("%r: a watcher of the triggers of %r failed", self, name)
+
+    def _poll_now(self) -> None:
+        """Read the pending triggers at once (something may have been missed)."""
+        if self._poll_soon is not None:
+            self._poll_soon.set()
+
+    async def _poll_triggers(self, pending: Callable[[], Awaitable[Iterable[str]]]) -> None:
+        """Until cancelled, while a trigger is watched: every :attr:`trigger_poll`
+        seconds (and at once when watching begins, or when :meth:`_poll_now` asks),
+        notify the watchers of every job that ``await pending()`` names. A backend's
+        ``serve`` runs it; a failed read is logged, and tried again at the next poll."""
+        streak = FailureStreak()
+        while True:
+            await self._wait_watched()
+            try:
+                names = await pending()
+            except Exception as exc:
+                if streak.failed(trio.current_time(), Fault.TRANSIENT):
+                    _log.warning(
+                        "%r: reading the pending triggers failed (%d time(s) in a row): %r",
+                        self,
+                        streak.attempts,
+                        exc,
+                    )
+            else:
+                if streak.attempts:
+                    _log.info(
+                        "%r: read the pending triggers after %d failure(s)",
+                        self,
+                        streak.succeeded(),
+                    )
+                for name in names:
+                    self._notify_triggers(name)
+            self._poll_soon = soon = trio.Event()
+            assert self.trigger_poll is not None
+            with trio.move_on_after(self.trigger_poll):
+                await soon.wait()
 
 
 def check_limit(limit: object) -> int:

@@ -6,13 +6,16 @@ import collections
 import datetime
 import itertools
 import json
+from collections.abc import Callable
 
 import attrs
 import trio
 
 from .._db import utc
+from .._options import check_wall_clock
 from ._base import (
     FAILURES,
+    JobPaused,
     JobState,
     Reminder,
     ReminderStore,
@@ -20,7 +23,12 @@ from ._base import (
     Store,
     check_history,
     check_limit,
+    check_overdue_after,
+    check_trigger,
+    judged,
 )
+
+UTC = datetime.timezone.utc
 
 
 @attrs.define(eq=False)
@@ -65,13 +73,24 @@ class MemoryStore(Store, ReminderStore):
 
     Args:
         history: Runs kept per job (older ones are pruned as new ones are claimed).
+        wall_clock: The store's clock: a callable returning an aware datetime (default:
+            the system's UTC time). It stamps ``registered_at``, ``paused_at``,
+            ``resumed_at`` and ``triggered_at``, and judges ``overdue``; give it the fake
+            wall clock of a virtual-time test (one that follows ``trio.current_time()``).
 
     Raises:
-        TypeError, ValueError: ``history`` is not an int >= 1.
+        TypeError, ValueError: ``history`` is not an int >= 1, or ``wall_clock`` is not
+            callable.
     """
 
-    def __init__(self, *, history: int = 100) -> None:
+    def __init__(
+        self,
+        *,
+        history: int = 100,
+        wall_clock: Callable[[], datetime.datetime] | None = None,
+    ) -> None:
         self._history = check_history(history)
+        self._wall_clock = check_wall_clock(wall_clock)
         self._jobs: dict[str, _Job] = {}
         self._keys = itertools.count(1)
         self._reminders: dict[str, dict[str, _Reminder]] = {}
@@ -106,16 +125,53 @@ class MemoryStore(Store, ReminderStore):
                 "await nursery.start(store.serve)"
             )
 
-    async def register(self, name: str, *, schedule: str, anchor: datetime.datetime) -> JobState:
+    def _now(self) -> datetime.datetime:
+        """The store's clock."""
+        if self._wall_clock is None:
+            return datetime.datetime.now(UTC)
+        return utc(self._wall_clock(), "wall_clock()")
+
+    def _found(self, name: str) -> _Job:
+        job = self._jobs.get(name)
+        if job is None:
+            raise LookupError(f"job {name!r} is not registered with {self!r}")
+        return job
+
+    async def register(
+        self,
+        name: str,
+        *,
+        schedule: str,
+        anchor: datetime.datetime,
+        overdue_after: float | None = None,
+    ) -> JobState:
+        """See :meth:`Store.register`.
+
+        Raises:
+            RuntimeError: The store is not being served.
+            TypeError, ValueError: ``overdue_after`` is neither ``None`` nor a positive,
+                finite number of seconds; ``anchor`` (or the time ``wall_clock``
+                returned) is not timezone-aware.
+        """
         self._check_serving()
         anchor = utc(anchor, "anchor")
+        overdue_after = check_overdue_after(overdue_after)
+        now = self._now()
         await trio.lowlevel.checkpoint()
         job = self._jobs.get(name)
         if job is None:
-            job = self._jobs[name] = _Job(JobState(name=name, schedule=schedule, anchor=anchor))
-        elif job.state.schedule != schedule:
-            job.state = attrs.evolve(job.state, schedule=schedule)
-        return job.state
+            job = self._jobs[name] = _Job(
+                JobState(
+                    name=name,
+                    schedule=schedule,
+                    anchor=anchor,
+                    overdue_after=overdue_after,
+                    registered_at=now,
+                )
+            )
+        else:
+            job.state = attrs.evolve(job.state, schedule=schedule, overdue_after=overdue_after)
+        return judged(job.state, now)
 
     async def claim(
         self,
@@ -125,14 +181,26 @@ class MemoryStore(Store, ReminderStore):
         node: str,
         fence: int | None,
         started_at: datetime.datetime,
+        trigger: str | None = None,
     ) -> int | None:
+        """See :meth:`Store.claim`.
+
+        Raises:
+            LookupError: The job is not registered.
+            JobPaused: ``trigger`` is ``None`` and the job is paused.
+            RuntimeError: The store is not being served.
+            ValueError: A time is not timezone-aware, or ``trigger`` is unknown.
+        """
         self._check_serving()
         slot, started_at = utc(slot, "slot"), utc(started_at, "started_at")
+        trigger = check_trigger(trigger)
         await trio.lowlevel.checkpoint()
-        job = self._jobs.get(name)
-        if job is None:
-            raise LookupError(f"job {name!r} is not registered with {self!r}")
+        job = self._found(name)
         state = job.state
+        if trigger is None and state.paused:
+            raise JobPaused(f"job {name!r} is paused in {self!r}")
+        if trigger == "store" and state.triggered_at is None:
+            return None
         if state.last_slot is not None and slot <= state.last_slot:
             return None
         if fence is not None and job.max_fence is not None and fence < job.max_fence:
@@ -140,7 +208,12 @@ class MemoryStore(Store, ReminderStore):
         if fence is not None:
             job.max_fence = fence if job.max_fence is None else max(fence, job.max_fence)
         job.state = attrs.evolve(
-            state, last_slot=slot, last_node=node, last_fence=fence, last_started_at=started_at
+            state,
+            last_slot=slot,
+            last_node=node,
+            last_fence=fence,
+            last_started_at=started_at,
+            triggered_at=None if trigger == "store" else state.triggered_at,
         )
         key = next(self._keys)
         job.runs[key] = RunRecord(slot=slot, node=node, fence=fence, started_at=started_at)
@@ -169,25 +242,30 @@ class MemoryStore(Store, ReminderStore):
             record, finished_at=finished_at, outcome=outcome, duration=duration, error=error
         )
         state = job.state
+        if outcome == "ok" and (state.last_ok_at is None or finished_at > state.last_ok_at):
+            state = attrs.evolve(state, last_ok_at=finished_at)
         if record.slot == state.last_slot:
             failures = state.consecutive_failures + 1 if outcome in FAILURES else 0
-            job.state = attrs.evolve(
+            state = attrs.evolve(
                 state,
                 last_outcome=outcome,
                 last_finished_at=finished_at,
                 consecutive_failures=failures,
             )
+        job.state = state
 
     async def jobs(self) -> list[JobState]:
         self._check_serving()
+        now = self._now()
         await trio.lowlevel.checkpoint()
-        return [self._jobs[name].state for name in sorted(self._jobs)]
+        return [judged(self._jobs[name].state, now) for name in sorted(self._jobs)]
 
     async def job(self, name: str) -> JobState | None:
         self._check_serving()
+        now = self._now()
         await trio.lowlevel.checkpoint()
         job = self._jobs.get(name)
-        return None if job is None else job.state
+        return None if job is None else judged(job.state, now)
 
     async def runs(self, name: str, *, limit: int = 20) -> list[RunRecord]:
         check_limit(limit)
@@ -197,6 +275,55 @@ class MemoryStore(Store, ReminderStore):
         if job is None:
             return []
         return list(reversed(job.runs.values()))[:limit]
+
+    # -- operating --------------------------------------------------------------------
+
+    async def pause(self, name: str, *, note: str | None = None) -> None:
+        """See :meth:`Store.pause`.
+
+        Raises:
+            LookupError: The job is not registered.
+            RuntimeError: The store is not being served.
+        """
+        self._check_serving()
+        now = self._now()
+        await trio.lowlevel.checkpoint()
+        job = self._found(name)
+        state = job.state
+        job.state = attrs.evolve(
+            state, paused=True, paused_at=state.paused_at or now, pause_note=note
+        )
+
+    async def resume(self, name: str) -> None:
+        """See :meth:`Store.resume`.
+
+        Raises:
+            LookupError: The job is not registered.
+            RuntimeError: The store is not being served.
+        """
+        self._check_serving()
+        now = self._now()
+        await trio.lowlevel.checkpoint()
+        job = self._found(name)
+        if job.state.paused:
+            job.state = attrs.evolve(
+                job.state, paused=False, paused_at=None, pause_note=None, resumed_at=now
+            )
+
+    async def trigger(self, name: str) -> None:
+        """See :meth:`Store.trigger`: the watchers are told at once.
+
+        Raises:
+            LookupError: The job is not registered.
+            RuntimeError: The store is not being served.
+        """
+        self._check_serving()
+        now = self._now()
+        await trio.lowlevel.checkpoint()
+        job = self._found(name)
+        if job.state.triggered_at is None:
+            job.state = attrs.evolve(job.state, triggered_at=now)
+        self._notify_triggers(name)
 
     # -- reminders ------------------------------------------------------------------------
 

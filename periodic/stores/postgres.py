@@ -5,10 +5,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
-import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import psycopg
@@ -16,11 +15,12 @@ import trio
 from psycopg import errors, sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from .._db import TableName, table_prefix, utc
+from .._db import FailureStreak, Fault, TableName, table_prefix, utc
 from .._db import postgres as db
-from .._db.calls import Call, ThreadCalls, open_retrying, seconds
+from .._db.calls import Call, ThreadCalls, open_retrying, retry_delay, seconds
 from ._base import (
     FAILURES,
+    JobPaused,
     JobState,
     Reminder,
     ReminderStore,
@@ -28,6 +28,9 @@ from ._base import (
     Store,
     check_history,
     check_limit,
+    check_overdue_after,
+    check_trigger,
+    judged,
 )
 
 __all__ = ["PostgresStore"]
@@ -49,7 +52,14 @@ CREATE TABLE IF NOT EXISTS {table} (
     last_outcome text,
     last_started_at timestamptz,
     last_finished_at timestamptz,
-    consecutive_failures integer NOT NULL DEFAULT 0
+    consecutive_failures integer NOT NULL DEFAULT 0,
+    paused_at timestamptz,
+    pause_note text,
+    triggered_at timestamptz,
+    overdue_after double precision,
+    registered_at timestamptz NOT NULL DEFAULT now(),
+    resumed_at timestamptz,
+    last_ok_at timestamptz
 )"""
 _CREATE_RUNS = """
 CREATE TABLE IF NOT EXISTS {table} (
@@ -83,6 +93,13 @@ _JOB_COLUMNS = {
     "last_started_at": _TIME,
     "last_finished_at": _TIME,
     "consecutive_failures": ("integer", "bigint"),
+    "paused_at": _TIME,
+    "pause_note": _TEXT,
+    "triggered_at": _TIME,
+    "overdue_after": ("double precision",),
+    "registered_at": _TIME,
+    "resumed_at": _TIME,
+    "last_ok_at": _TIME,
 }
 _RUN_COLUMNS = {
     "id": ("bigint", "integer"),
@@ -99,16 +116,21 @@ _RUN_COLUMNS = {
 _JOB_FIELDS = ", ".join(_JOB_COLUMNS)
 _RUN_FIELDS = "slot, node, fence, started_at, finished_at, outcome, duration, error"
 
+# Every read of a job's row comes with the database's clock, which judges `overdue`.
 _REGISTER = f"""
-INSERT INTO {{jobs}} AS j (name, schedule, anchor)
-VALUES (%(name)s, %(schedule)s, %(anchor)s)
-ON CONFLICT (name) DO UPDATE SET schedule = EXCLUDED.schedule
+INSERT INTO {{jobs}} AS j (name, schedule, anchor, overdue_after, registered_at)
+VALUES (%(name)s, %(schedule)s, %(anchor)s, %(overdue_after)s, now())
+ON CONFLICT (name) DO UPDATE SET
+    schedule = EXCLUDED.schedule,
+    overdue_after = EXCLUDED.overdue_after
 WHERE j.schedule IS DISTINCT FROM EXCLUDED.schedule
-RETURNING {_JOB_FIELDS}"""
+OR j.overdue_after IS DISTINCT FROM EXCLUDED.overdue_after
+RETURNING {_JOB_FIELDS}, now()"""
 
 # The claim and the run's record, in one statement. The UPDATE takes the job's row lock:
 # a racing claim waits for this transaction, then (READ COMMITTED) judges its WHERE
-# again on the row as this one left it, and is refused.
+# again on the row as this one left it, and is refused: so a pause, or a trigger taken
+# by another process, is judged as committed, not as the statement's snapshot saw it.
 _CLAIM = """
 WITH claimed AS (
     UPDATE {jobs} SET
@@ -116,10 +138,13 @@ WITH claimed AS (
         last_node = %(node)s,
         last_fence = %(fence)s::bigint,
         max_fence = greatest(max_fence, %(fence)s::bigint),
-        last_started_at = %(started_at)s
+        last_started_at = %(started_at)s,
+        triggered_at = CASE WHEN %(trigger)s::text = 'store' THEN NULL ELSE triggered_at END
     WHERE name = %(name)s
     AND (last_slot IS NULL OR last_slot < %(slot)s)
     AND (%(fence)s::bigint IS NULL OR max_fence IS NULL OR %(fence)s::bigint >= max_fence)
+    AND (%(trigger)s::text IS NOT NULL OR paused_at IS NULL)
+    AND (%(trigger)s::text IS DISTINCT FROM 'store' OR triggered_at IS NOT NULL)
     RETURNING name
 ), run AS (
     INSERT INTO {runs} (job, slot, node, fence, started_at)
@@ -127,6 +152,9 @@ WITH claimed AS (
     RETURNING id
 )
 SELECT (SELECT id FROM run), EXISTS (SELECT FROM {jobs} WHERE name = %(name)s)"""
+# Why a scheduled tick's claim was refused: a statement of its own, whose snapshot sees
+# what a concurrent pause committed while the claim waited for the row.
+_PAUSED = "SELECT paused_at IS NOT NULL FROM {jobs} WHERE name = %(name)s"
 # A statement of its own, in the claim's transaction: its snapshot, taken after the
 # row lock, sees every run of the job (all are inserted under that lock), the new one
 # included.
@@ -135,8 +163,9 @@ DELETE FROM {runs} WHERE job = %(name)s AND id <= (
     SELECT id FROM {runs} WHERE job = %(name)s ORDER BY id DESC OFFSET %(history)s LIMIT 1
 )"""
 
-# The run's end, and the job's when it is its latest slot: one statement. The job's
-# UPDATE judges last_slot on the latest committed row, so a newer claim wins.
+# The run's end, and the job's when it is its latest slot (or it ended ok): one
+# statement, one UPDATE of the job (a row updated twice in a statement keeps only one of
+# the changes). It judges last_slot on the latest committed row, so a newer claim wins.
 _FINISH = """
 WITH run AS (
     UPDATE {runs} SET
@@ -148,15 +177,40 @@ WITH run AS (
     RETURNING slot
 )
 UPDATE {jobs} AS j SET
-    last_outcome = %(outcome)s,
-    last_finished_at = %(finished_at)s,
-    consecutive_failures = CASE WHEN %(failed)s THEN j.consecutive_failures + 1 ELSE 0 END
-FROM run WHERE j.name = %(name)s AND j.last_slot = run.slot"""
+    last_outcome = CASE WHEN j.last_slot = run.slot THEN %(outcome)s ELSE j.last_outcome END,
+    last_finished_at = CASE WHEN j.last_slot = run.slot THEN %(finished_at)s
+        ELSE j.last_finished_at END,
+    consecutive_failures = CASE WHEN j.last_slot IS DISTINCT FROM run.slot
+        THEN j.consecutive_failures
+        WHEN %(failed)s THEN j.consecutive_failures + 1 ELSE 0 END,
+    last_ok_at = CASE WHEN %(ok)s THEN greatest(j.last_ok_at, %(finished_at)s)
+        ELSE j.last_ok_at END
+FROM run WHERE j.name = %(name)s AND (j.last_slot = run.slot OR %(ok)s)"""
 
 # COLLATE "C": code point order, as Python sorts names (the database's own collation
 # may put "B" before "a").
-_JOBS = f'SELECT {_JOB_FIELDS} FROM {{jobs}} ORDER BY name COLLATE "C"'
-_JOB = f"SELECT {_JOB_FIELDS} FROM {{jobs}} WHERE name = %(name)s"
+_JOBS = f'SELECT {_JOB_FIELDS}, now() FROM {{jobs}} ORDER BY name COLLATE "C"'
+_JOB = f"SELECT {_JOB_FIELDS}, now() FROM {{jobs}} WHERE name = %(name)s"
+
+# Operating a job: each is one statement on its row, on the database's clock.
+_PAUSE = """
+UPDATE {jobs} SET paused_at = coalesce(paused_at, now()), pause_note = %(note)s
+WHERE name = %(name)s"""
+_RESUME = """
+UPDATE {jobs} SET
+    resumed_at = CASE WHEN paused_at IS NULL THEN resumed_at ELSE now() END,
+    paused_at = NULL,
+    pause_note = NULL
+WHERE name = %(name)s"""
+# The NOTIFY is sent when the trigger's transaction commits, and only then.
+_TRIGGER = """
+WITH triggered AS (
+    UPDATE {jobs} SET triggered_at = coalesce(triggered_at, now())
+    WHERE name = %(name)s
+    RETURNING name
+)
+SELECT pg_notify(%(channel)s, name) FROM triggered"""
+_TRIGGERED = "SELECT name FROM {jobs} WHERE triggered_at IS NOT NULL"
 _RUNS = f"""
 SELECT {_RUN_FIELDS} FROM {{runs}} WHERE job = %(name)s ORDER BY id DESC LIMIT %(limit)s"""
 
@@ -249,16 +303,6 @@ _REMINDER_STATEMENTS = {
     "fail": "UPDATE {r} SET failed = true, error = %(error)s " + _VERSION,
     "release": "UPDATE {r} SET due_at = now(), attempts = attempts - 1 " + _VERSION,
 }
-# A channel is an identifier: at most 63 bytes, or LISTEN and pg_notify() disagree.
-_CHANNEL_BYTES = 63
-
-
-def _channel(schema: str, table: str) -> str:
-    """The notification channel of the reminders' table: its name, or a digest of it."""
-    qualified = f"{schema}.{table}"
-    if len(qualified.encode()) <= _CHANNEL_BYTES:
-        return qualified
-    return f"periodic_{hashlib.sha256(qualified.encode()).hexdigest()[:40]}"
 
 
 def _reminder(row: tuple[Any, ...], next_attempt: bool = False) -> Reminder:
@@ -289,8 +333,10 @@ def _time(value: datetime.datetime | None) -> datetime.datetime | None:
 
 
 def _job_state(row: tuple[Any, ...]) -> JobState:
-    (name, schedule, anchor, slot, node, fence, _, outcome, started, finished, failures) = row
-    return JobState(
+    """A job's row, followed by the database's clock as it was read."""
+    (name, schedule, anchor, slot, node, fence, _, outcome, started, finished, failures) = row[:11]
+    paused_at, note, triggered, overdue_after, registered, resumed, ok, now = row[11:]
+    state = JobState(
         name=name,
         schedule=schedule,
         anchor=anchor.astimezone(UTC),
@@ -301,7 +347,16 @@ def _job_state(row: tuple[Any, ...]) -> JobState:
         last_started_at=_time(started),
         last_finished_at=_time(finished),
         consecutive_failures=failures,
+        paused=paused_at is not None,
+        paused_at=_time(paused_at),
+        pause_note=note,
+        triggered_at=_time(triggered),
+        overdue_after=overdue_after,
+        registered_at=_time(registered),
+        resumed_at=_time(resumed),
+        last_ok_at=_time(ok),
     )
+    return judged(state, now)
 
 
 def _run_record(row: tuple[Any, ...]) -> RunRecord:
@@ -332,10 +387,15 @@ class _Statements:
         self.register = make(_REGISTER)
         self.job = make(_JOB)
         self.claim = make(_CLAIM)
+        self.paused = make(_PAUSED)
         self.prune = make(_PRUNE)
         self.finish = make(_FINISH)
         self.jobs = make(_JOBS)
         self.runs = make(_RUNS)
+        self.pause = make(_PAUSE)
+        self.resume = make(_RESUME)
+        self.trigger = make(_TRIGGER)
+        self.triggered = make(_TRIGGERED)
 
 
 class PostgresStore(Store, ReminderStore):
@@ -356,7 +416,10 @@ class PostgresStore(Store, ReminderStore):
             name text PRIMARY KEY, schedule text NOT NULL, anchor timestamptz NOT NULL,
             last_slot timestamptz, last_node text, last_fence bigint, max_fence bigint,
             last_outcome text, last_started_at timestamptz, last_finished_at timestamptz,
-            consecutive_failures integer NOT NULL DEFAULT 0);
+            consecutive_failures integer NOT NULL DEFAULT 0, paused_at timestamptz,
+            pause_note text, triggered_at timestamptz, overdue_after double precision,
+            registered_at timestamptz NOT NULL DEFAULT now(), resumed_at timestamptz,
+            last_ok_at timestamptz);
         CREATE TABLE periodic_runs (
             id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, job text NOT NULL,
             slot timestamptz NOT NULL, node text NOT NULL, fence bigint,
@@ -385,6 +448,15 @@ class PostgresStore(Store, ReminderStore):
     errors it raises. Times given to the store must be timezone-aware; they come back
     in UTC.
 
+    The store's clock (``registered_at``, ``paused_at``, ``resumed_at``,
+    ``triggered_at``, and ``overdue``) is the database's ``now()``. :meth:`trigger`
+    sends a ``NOTIFY`` on the channel named after the jobs' table (its qualified name)
+    when it commits; while a trigger is watched
+    (:meth:`~periodic.stores.Store.watch_triggers`) or reminders are delivered,
+    :meth:`serve` listens on one connection of its own (``periodic-store-listener``),
+    replaced with backoff after an error, and also reads the pending triggers every
+    :attr:`trigger_poll` seconds, so a notification missed meanwhile is only late.
+
     Args:
         dsn: A libpq connection string or URI (``postgresql://user:pw@host/db``).
         table_prefix: Begins the names of the tables (default ``periodic_``: tables
@@ -407,6 +479,12 @@ class PostgresStore(Store, ReminderStore):
     #: A deliverer hears of new reminders by NOTIFY; it also reads the table this often,
     #: in case one was missed while its listening connection was being replaced.
     reminder_poll = 30.0
+    #: Triggers are heard of by NOTIFY; the pending ones are also read this often, in
+    #: case one was missed while the listening connection was being replaced.
+    trigger_poll = 5.0
+    #: Seconds a listening call waits for a notification before it looks again at what
+    #: to listen on.
+    _LISTEN_WAIT = 1.0
 
     def __init__(
         self,
@@ -431,14 +509,20 @@ class PostgresStore(Store, ReminderStore):
         self._conninfo, self._statement_timeout = db.conninfo(
             dsn, self._params, self._call_timeout, application_name="periodic-store"
         )
+        self._listen_conninfo, _ = db.conninfo(
+            dsn, self._params, self._call_timeout, application_name="periodic-store-listener"
+        )
         self._calls = ThreadCalls(self, timeout=self._call_timeout, threads=self.MAX_CONNECTIONS)
         # Found at the first serve, then fixed: every statement names the same tables
         # however the search_path of a later connection reads.
         self._sql: _Statements | None = None
         self._schema: str | None = None
         self._reminders: _Reminders | None = None
+        self._trigger_channel: str | None = None
         self._pool: ConnectionPool[db.Connection] | None = None
         self._served = False
+        # Set when there may be a new channel to listen on.
+        self._listen_more: trio.Event | None = None
 
     def __repr__(self) -> str:
         return f"<PostgresStore db={self._where!r} table_prefix={self._prefix!r}>"
@@ -465,8 +549,10 @@ class PostgresStore(Store, ReminderStore):
         try:
             await open_retrying(self, self._open, db.fault)
             self._calls.open = True
-            task_status.started()
-            await trio.sleep_forever()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._poll_triggers, self._triggered)
+                nursery.start_soon(self._listen)
+                task_status.started()
         finally:
             with trio.CancelScope(shield=True):
                 await self.wait_detached()  # the jobs' last records first
@@ -537,6 +623,7 @@ class PostgresStore(Store, ReminderStore):
                 conn.execute(index)
         self._sql = _Statements(sql.Identifier(schema, jobs), sql.Identifier(schema, runs))
         self._schema = schema
+        self._trigger_channel = db.channel(schema, jobs)
         hint = (
             ""
             if self._tables.schema
@@ -610,16 +697,29 @@ class PostgresStore(Store, ReminderStore):
 
     # -- the Store ------------------------------------------------------------------------
 
-    async def register(self, name: str, *, schedule: str, anchor: datetime.datetime) -> JobState:
+    async def register(
+        self,
+        name: str,
+        *,
+        schedule: str,
+        anchor: datetime.datetime,
+        overdue_after: float | None = None,
+    ) -> JobState:
         """See :meth:`Store.register`.
 
         Raises:
             RuntimeError: The store is not being served.
             TimeoutError: The call took longer than ``call_timeout``.
-            ValueError: ``anchor`` is not timezone-aware.
+            TypeError, ValueError: ``overdue_after`` is neither ``None`` nor a positive,
+                finite number of seconds, or ``anchor`` is not timezone-aware.
             psycopg.Error: The database failed.
         """
-        params = {"name": name, "schedule": schedule, "anchor": utc(anchor, "anchor")}
+        params = {
+            "name": name,
+            "schedule": schedule,
+            "anchor": utc(anchor, "anchor"),
+            "overdue_after": check_overdue_after(overdue_after),
+        }
 
         def register(conn: db.Connection, call: Call) -> tuple[Any, ...]:
             statements = self._statements()
@@ -639,15 +739,17 @@ class PostgresStore(Store, ReminderStore):
         node: str,
         fence: int | None,
         started_at: datetime.datetime,
+        trigger: str | None = None,
     ) -> int | None:
         """See :meth:`Store.claim`.
 
         Raises:
             LookupError: The job is not registered.
+            JobPaused: ``trigger`` is ``None`` and the job is paused.
             RuntimeError: The store is not being served.
             TimeoutError: The call took longer than ``call_timeout`` (the claim, if it
                 was about to succeed, is rolled back).
-            ValueError: A time is not timezone-aware.
+            ValueError: A time is not timezone-aware, or ``trigger`` is unknown.
             psycopg.Error: The database failed.
         """
         params = {
@@ -657,6 +759,7 @@ class PostgresStore(Store, ReminderStore):
             "fence": fence,
             "started_at": utc(started_at, "started_at"),
             "history": self._history,
+            "trigger": check_trigger(trigger),
         }
 
         def claim(conn: db.Connection, call: Call) -> int | None:
@@ -668,6 +771,10 @@ class PostgresStore(Store, ReminderStore):
                 if not known:
                     raise LookupError(f"job {name!r} is not registered with {self!r}")
                 if key is None:
+                    if trigger is None:
+                        paused = conn.execute(statements.paused, params).fetchone()
+                        if paused is not None and paused[0]:
+                            raise JobPaused(f"job {name!r} is paused in {self!r}")
                     return None
                 conn.execute(statements.prune, params)
                 # The caller was told the claim failed: it must not have happened.
@@ -703,6 +810,7 @@ class PostgresStore(Store, ReminderStore):
             "duration": duration,
             "error": error,
             "failed": outcome in FAILURES,
+            "ok": outcome == "ok",
         }
         await self._run(lambda conn, _: conn.execute(self._statements().finish, params))
 
@@ -746,6 +854,154 @@ class PostgresStore(Store, ReminderStore):
         )
         return [_run_record(row) for row in rows]
 
+    # -- operating ------------------------------------------------------------------------
+
+    async def pause(self, name: str, *, note: str | None = None) -> None:
+        """See :meth:`Store.pause`.
+
+        Raises:
+            LookupError: The job is not registered.
+            RuntimeError: The store is not being served.
+            TimeoutError: The call took longer than ``call_timeout``.
+            psycopg.Error: The database failed.
+        """
+        await self._change_job(lambda s: s.pause, {"name": name, "note": note})
+
+    async def resume(self, name: str) -> None:
+        """See :meth:`Store.resume`.
+
+        Raises:
+            LookupError: The job is not registered.
+            RuntimeError: The store is not being served.
+            TimeoutError: The call took longer than ``call_timeout``.
+            psycopg.Error: The database failed.
+        """
+        await self._change_job(lambda s: s.resume, {"name": name})
+
+    async def trigger(self, name: str) -> None:
+        """See :meth:`Store.trigger`: the ``NOTIFY`` goes out as it commits, and this
+        process's watchers are told at once.
+
+        Raises:
+            LookupError: The job is not registered.
+            RuntimeError: The store is not being served.
+            TimeoutError: The call took longer than ``call_timeout``.
+            psycopg.Error: The database failed.
+        """
+        await self._change_job(
+            lambda s: s.trigger, {"name": name, "channel": self._trigger_channel}
+        )
+        self._notify_triggers(name)
+
+    async def _change_job(
+        self, statement: Callable[[_Statements], sql.Composed], params: dict[str, Any]
+    ) -> None:
+        changed = await self._run(
+            lambda conn, _: conn.execute(statement(self._statements()), params).rowcount
+        )
+        if not changed:
+            raise LookupError(f"job {params['name']!r} is not registered with {self!r}")
+
+    async def _triggered(self) -> list[str]:
+        rows = await self._run(
+            lambda conn, _: conn.execute(self._statements().triggered).fetchall()
+        )
+        return [row[0] for row in rows]
+
+    # -- listening ------------------------------------------------------------------------
+
+    def _channels(self) -> dict[str, Callable[[str], None]]:
+        """The channels there is something to listen on for, with what to do with a
+        notification's payload (a job's or a reminders' name)."""
+        wanted: dict[str, Callable[[str], None]] = {}
+        if self._watched and self._trigger_channel is not None:
+            wanted[self._trigger_channel] = self._notify_triggers
+        reminders = self._reminders
+        if reminders is not None and any((self._reminder_listeners or {}).values()):
+            wanted[reminders.channel] = self._reminder_set
+        return wanted
+
+    def _missed(self, channel: str) -> None:
+        """Nobody listened on ``channel`` for a while: look for what was said meanwhile."""
+        if channel == self._trigger_channel:
+            self._poll_now()
+            return
+        for name, listeners in list((self._reminder_listeners or {}).items()):
+            if listeners:
+                self._reminder_set(name)
+
+    async def _listen(self) -> None:
+        """Until cancelled: listen on the store's channels (triggers, reminders) while
+        there is something to listen for, on one connection of its own; after an error,
+        again on a new connection, with backoff. Never raises but Cancelled."""
+
+        def connect() -> db.Connection:
+            return db.connect(self._listen_conninfo, self._statement_timeout)
+
+        listener = db.Listener(connect)
+        streak = FailureStreak()
+        try:
+            while True:
+                wanted = self._channels()
+                if not wanted:
+                    listener.close(0)  # no connection is kept for nothing
+                    await self._wait_for_channels()
+                    continue
+                try:
+                    heard, fresh = await trio.to_thread.run_sync(
+                        functools.partial(self._hear, listener, wanted), abandon_on_cancel=True
+                    )
+                except Exception as exc:
+                    if streak.failed(trio.current_time(), Fault.TRANSIENT):
+                        _log.warning(
+                            "%r: listening for notifications failed (%d time(s) in a row); "
+                            "trying again: %r",
+                            self,
+                            streak.attempts,
+                            exc,
+                        )
+                    await trio.sleep(retry_delay(streak.attempts))
+                    continue
+                if streak.attempts:
+                    _log.info(
+                        "%r: listening for notifications again after %d failure(s)",
+                        self,
+                        streak.succeeded(),
+                    )
+                try:
+                    for channel in fresh:
+                        self._missed(channel)
+                    for channel, payload in heard:
+                        if channel in wanted:
+                            wanted[channel](payload)
+                except Exception:  # a listener's bug must not end the store's serve
+                    _log.exception("%r: telling the listeners of a notification failed", self)
+        finally:
+            listener.close(0)
+
+    async def _wait_for_channels(self) -> None:
+        """Return when there may be something to listen for."""
+        if self._listen_more is None:
+            self._listen_more = trio.Event()
+        more = self._listen_more
+        async with trio.open_nursery() as nursery:
+
+            async def first(wait: Callable[[], Awaitable[object]]) -> None:
+                await wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(first, more.wait)
+            nursery.start_soon(first, self._wait_watched)
+        if more.is_set():
+            self._listen_more = None
+
+    def _hear(
+        self, listener: db.Listener, wanted: dict[str, Callable[[str], None]]
+    ) -> tuple[list[tuple[str, str]], set[str]]:
+        return self._scrubbed(
+            lambda: listener.hear(wanted, wait=self._LISTEN_WAIT, timeout=self._call_timeout)
+        )
+
     # -- reminders (see ReminderStore; every method raises RuntimeError when the store is
     # not being served, TimeoutError after call_timeout, psycopg.Error when the database
     # fails) --------------------------------------------------------------------------
@@ -780,7 +1036,7 @@ class PostgresStore(Store, ReminderStore):
             with contextlib.suppress(errors.UniqueViolation, errors.DuplicateTable):
                 conn.execute(index)
         found = self._reminders = _Reminders(
-            sql.Identifier(schema, table), sequence.as_string(conn), _channel(schema, table)
+            sql.Identifier(schema, table), sequence.as_string(conn), db.channel(schema, table)
         )
         return found
 
@@ -892,46 +1148,15 @@ class PostgresStore(Store, ReminderStore):
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """As :meth:`ReminderStore.listen_reminders`, and for the reminders other
-        processes set too: ``LISTEN`` on a connection of its own."""
-        found = await self._run(lambda conn, _: self._find_reminders(conn))
-
-        def connect() -> db.Connection:
-            conn = db.connect(self._conninfo, self._statement_timeout)
-            try:
-                conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(found.channel)))
-            except BaseException:
-                conn.close()
-                raise
-            return conn
-
-        link = db.Link(connect)
-        try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(super().listen_reminders, name, notify)
-                task_status.started()
-                while True:
-                    try:
-                        heard = await trio.to_thread.run_sync(
-                            functools.partial(self._hear, link, name), abandon_on_cancel=True
-                        )
-                    except Exception as exc:
-                        _log.warning(
-                            "%r: listening for reminders failed (%r); again in 1 s", self, exc
-                        )
-                        await trio.sleep(1.0)
-                        heard = True  # what was said meanwhile was not heard
-                    if heard:
-                        notify()
-        finally:
-            link.close(0)
-
-    def _hear(self, link: db.Link, name: str) -> bool:
-        """Wait a second at most for a notification of ``name``; whether one came."""
-
-        def listen(conn: db.Connection) -> bool:
-            return any(n.payload == name for n in conn.notifies(timeout=1.0))
-
-        return self._scrubbed(lambda: link.run(listen, self._call_timeout))
+        processes set too: the store's :meth:`serve` listens for them (``LISTEN``, on
+        the connection it listens for triggers on)."""
+        await self._run(lambda conn, _: self._find_reminders(conn))
+        # The listener looks again at what to listen on (at its next checkpoint, by
+        # which time this listener is registered).
+        more, self._listen_more = self._listen_more, None
+        if more is not None:
+            more.set()
+        await super().listen_reminders(name, notify, task_status=task_status)
 
 
 def _check_prefix(value: object) -> TableName:

@@ -19,6 +19,7 @@ from .._db import sqlite as db
 from .._db.calls import Call, ThreadCalls, open_retrying, seconds
 from ._base import (
     FAILURES,
+    JobPaused,
     JobState,
     Reminder,
     ReminderStore,
@@ -26,6 +27,9 @@ from ._base import (
     Store,
     check_history,
     check_limit,
+    check_overdue_after,
+    check_trigger,
+    judged,
 )
 
 __all__ = ["SQLiteStore"]
@@ -43,7 +47,9 @@ _CREATE_JOBS = (
     "name TEXT PRIMARY KEY, schedule TEXT NOT NULL, anchor INTEGER NOT NULL, "
     "last_slot INTEGER, last_node TEXT, last_fence INTEGER, max_fence INTEGER, "
     "last_outcome TEXT, last_started_at INTEGER, last_finished_at INTEGER, "
-    "consecutive_failures INTEGER NOT NULL DEFAULT 0)"
+    "consecutive_failures INTEGER NOT NULL DEFAULT 0, paused_at INTEGER, pause_note TEXT, "
+    "triggered_at INTEGER, overdue_after REAL, registered_at INTEGER NOT NULL, "
+    "resumed_at INTEGER, last_ok_at INTEGER)"
 )
 # AUTOINCREMENT: a run's key is never given again, so a late finish() of a pruned run
 # can never land on another one.
@@ -67,6 +73,13 @@ _JOB_COLUMNS = {
     "last_started_at": ("INTEGER",),
     "last_finished_at": ("INTEGER",),
     "consecutive_failures": ("INTEGER",),
+    "paused_at": ("INTEGER",),
+    "pause_note": ("TEXT",),
+    "triggered_at": ("INTEGER",),
+    "overdue_after": ("REAL", "NUMERIC"),
+    "registered_at": ("INTEGER",),
+    "resumed_at": ("INTEGER",),
+    "last_ok_at": ("INTEGER",),
 }
 _RUN_COLUMNS = {
     "id": ("INTEGER",),
@@ -114,9 +127,15 @@ def _time(micros: int | None) -> datetime.datetime | None:
     return None if micros is None else _EPOCH + datetime.timedelta(microseconds=micros)
 
 
-def _job_state(row: tuple[Any, ...]) -> JobState:
-    (name, schedule, anchor, slot, node, fence, _, outcome, started, finished, failures) = row
-    return JobState(
+def _now() -> datetime.datetime:
+    """The store's clock: this process's, in UTC."""
+    return datetime.datetime.now(UTC)
+
+
+def _job_state(row: tuple[Any, ...], now: datetime.datetime) -> JobState:
+    (name, schedule, anchor, slot, node, fence, _, outcome, started, finished, failures) = row[:11]
+    paused_at, note, triggered, overdue_after, registered, resumed, ok = row[11:]
+    state = JobState(
         name=name,
         schedule=schedule,
         anchor=_EPOCH + datetime.timedelta(microseconds=anchor),
@@ -127,7 +146,16 @@ def _job_state(row: tuple[Any, ...]) -> JobState:
         last_started_at=_time(started),
         last_finished_at=_time(finished),
         consecutive_failures=failures,
+        paused=paused_at is not None,
+        paused_at=_time(paused_at),
+        pause_note=note,
+        triggered_at=_time(triggered),
+        overdue_after=None if overdue_after is None else float(overdue_after),
+        registered_at=_time(registered),
+        resumed_at=_time(resumed),
+        last_ok_at=_time(ok),
     )
+    return judged(state, now)
 
 
 def _run_record(row: tuple[Any, ...]) -> RunRecord:
@@ -274,40 +302,52 @@ class _Database:
 
     # -- statements -----------------------------------------------------------------------
 
-    def register(self, conn: sqlite3.Connection, name: str, schedule: str, anchor: int) -> Any:
+    def register(self, conn: sqlite3.Connection, params: dict[str, Any]) -> Any:
         with self._transaction(conn):
             conn.execute(
-                f"INSERT INTO {self._jobs} (name, schedule, anchor) VALUES (?, ?, ?) "
+                f"INSERT INTO {self._jobs} (name, schedule, anchor, overdue_after, "
+                "registered_at) VALUES (:name, :schedule, :anchor, :overdue_after, :now) "
                 "ON CONFLICT (name) DO NOTHING",
-                (name, schedule, anchor),
+                params,
             )
             conn.execute(
-                f"UPDATE {self._jobs} SET schedule = ? WHERE name = ? AND schedule IS NOT ?",
-                (schedule, name, schedule),
+                f"UPDATE {self._jobs} SET schedule = :schedule, overdue_after = :overdue_after "
+                "WHERE name = :name AND (schedule IS NOT :schedule "
+                "OR overdue_after IS NOT :overdue_after)",
+                params,
             )
             return conn.execute(
-                f"SELECT {_JOB_FIELDS} FROM {self._jobs} WHERE name = ?", (name,)
+                f"SELECT {_JOB_FIELDS} FROM {self._jobs} WHERE name = :name", params
             ).fetchone()
 
     def claim(
         self, conn: sqlite3.Connection, call: Call, history: int, params: dict[str, Any]
     ) -> int | None:
         with self._transaction(conn):
+            # Judged under the write lock: a pause or a taken trigger is seen as it is.
+            found = conn.execute(
+                f"SELECT paused_at IS NOT NULL, triggered_at IS NOT NULL FROM {self._jobs} "
+                "WHERE name = :name",
+                params,
+            ).fetchone()
+            if found is None:
+                raise LookupError(f"job {params['name']!r} is not registered")
+            paused, pending = found
+            if paused and params["trigger"] is None:
+                raise JobPaused(f"job {params['name']!r} is paused")
+            if params["trigger"] == "store" and not pending:
+                return None
             claimed = conn.execute(
                 f"UPDATE {self._jobs} SET last_slot = :slot, last_node = :node, "
                 "last_fence = :fence, last_started_at = :started_at, "
                 "max_fence = CASE WHEN :fence IS NULL OR max_fence >= :fence "
-                "THEN max_fence ELSE :fence END "
+                "THEN max_fence ELSE :fence END, "
+                "triggered_at = CASE WHEN :trigger = 'store' THEN NULL ELSE triggered_at END "
                 "WHERE name = :name AND (last_slot IS NULL OR last_slot < :slot) "
                 "AND (:fence IS NULL OR max_fence IS NULL OR :fence >= max_fence)",
                 params,
             ).rowcount
             if not claimed:
-                known = conn.execute(
-                    f"SELECT 1 FROM {self._jobs} WHERE name = :name", params
-                ).fetchone()
-                if known is None:
-                    raise LookupError(f"job {params['name']!r} is not registered")
                 return None
             key = conn.execute(
                 f"INSERT INTO {self._runs} (job, slot, node, fence, started_at) "
@@ -344,6 +384,12 @@ class _Database:
                 "WHERE name = :name AND last_slot = :slot",
                 {**params, "slot": row[0]},
             )
+            if params["outcome"] == "ok":
+                conn.execute(
+                    f"UPDATE {self._jobs} SET last_ok_at = :finished_at WHERE name = :name "
+                    "AND (last_ok_at IS NULL OR last_ok_at < :finished_at)",
+                    params,
+                )
 
     def jobs(self, conn: sqlite3.Connection) -> list[Any]:
         # BINARY collation: code point order, as Python sorts names.
@@ -353,6 +399,27 @@ class _Database:
         return conn.execute(
             f"SELECT {_JOB_FIELDS} FROM {self._jobs} WHERE name = ?", (name,)
         ).fetchone()
+
+    def change_job(self, conn: sqlite3.Connection, change: str, params: dict[str, Any]) -> None:
+        """``UPDATE`` the job's row with ``change`` (a SET clause) in a transaction.
+
+        Raises:
+            LookupError: There is no such job.
+        """
+        with self._transaction(conn):
+            changed = conn.execute(
+                f"UPDATE {self._jobs} SET {change} WHERE name = :name", params
+            ).rowcount
+            if not changed:
+                raise LookupError(f"job {params['name']!r} is not registered")
+
+    def triggered(self, conn: sqlite3.Connection) -> list[str]:
+        return [
+            row[0]
+            for row in conn.execute(
+                f"SELECT name FROM {self._jobs} WHERE triggered_at IS NOT NULL"
+            ).fetchall()
+        ]
 
     def runs(self, conn: sqlite3.Connection, name: str, limit: int) -> list[Any]:
         return conn.execute(
@@ -454,7 +521,9 @@ class SQLiteStore(Store, ReminderStore):
             name TEXT PRIMARY KEY, schedule TEXT NOT NULL, anchor INTEGER NOT NULL,
             last_slot INTEGER, last_node TEXT, last_fence INTEGER, max_fence INTEGER,
             last_outcome TEXT, last_started_at INTEGER, last_finished_at INTEGER,
-            consecutive_failures INTEGER NOT NULL DEFAULT 0);
+            consecutive_failures INTEGER NOT NULL DEFAULT 0, paused_at INTEGER,
+            pause_note TEXT, triggered_at INTEGER, overdue_after REAL,
+            registered_at INTEGER NOT NULL, resumed_at INTEGER, last_ok_at INTEGER);
         CREATE TABLE periodic_runs (
             id INTEGER PRIMARY KEY AUTOINCREMENT, job TEXT NOT NULL, slot INTEGER NOT NULL,
             node TEXT NOT NULL, fence INTEGER, started_at INTEGER NOT NULL,
@@ -473,6 +542,11 @@ class SQLiteStore(Store, ReminderStore):
     with ``Skipped(reason="store_error")``), and a claim its caller gave up on is rolled
     back. Times given to the store must be timezone-aware; they come back in UTC.
 
+    The store's clock (``registered_at``, ``paused_at``, ``resumed_at``,
+    ``triggered_at``, and ``overdue``) is this process's UTC time. While a trigger is
+    watched (:meth:`~periodic.stores.Store.watch_triggers`), :meth:`serve` reads the
+    pending triggers every :attr:`trigger_poll` seconds.
+
     Args:
         path: The database file (made if missing). Give every process the same file.
         table_prefix: Begins the names of the tables (default ``periodic_``: tables
@@ -489,6 +563,8 @@ class SQLiteStore(Store, ReminderStore):
 
     #: Other processes' reminders are found by reading the file this often.
     reminder_poll = 1.0
+    #: Other processes' triggers are found by reading the file this often.
+    trigger_poll = 1.0
 
     def __init__(
         self,
@@ -540,8 +616,9 @@ class SQLiteStore(Store, ReminderStore):
         try:
             await open_retrying(self, self._open, db.fault)
             self._calls.open = True
-            task_status.started()
-            await trio.sleep_forever()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._poll_triggers, self._triggered)
+                task_status.started()
         finally:
             with trio.CancelScope(shield=True):
                 await self.wait_detached()  # the jobs' last records first
@@ -554,18 +631,33 @@ class SQLiteStore(Store, ReminderStore):
     async def _run(self, fn: Callable[[sqlite3.Connection, Call], T]) -> T:
         return await self._calls(lambda call: self._db.run(call, lambda conn: fn(conn, call)))
 
-    async def register(self, name: str, *, schedule: str, anchor: datetime.datetime) -> JobState:
+    async def register(
+        self,
+        name: str,
+        *,
+        schedule: str,
+        anchor: datetime.datetime,
+        overdue_after: float | None = None,
+    ) -> JobState:
         """See :meth:`Store.register`.
 
         Raises:
             RuntimeError: The store is not being served.
             TimeoutError: The call took longer than ``call_timeout``.
-            ValueError: ``anchor`` is not timezone-aware.
+            TypeError, ValueError: ``overdue_after`` is neither ``None`` nor a positive,
+                finite number of seconds, or ``anchor`` is not timezone-aware.
             sqlite3.Error: SQLite failed.
         """
-        start = _micros(utc(anchor, "anchor"))
-        row = await self._run(lambda conn, _: self._db.register(conn, name, schedule, start))
-        return _job_state(row)
+        now = _now()
+        params = {
+            "name": name,
+            "schedule": schedule,
+            "anchor": _micros(utc(anchor, "anchor")),
+            "overdue_after": check_overdue_after(overdue_after),
+            "now": _micros(now),
+        }
+        row = await self._run(lambda conn, _: self._db.register(conn, params))
+        return _job_state(row, now)
 
     async def claim(
         self,
@@ -575,15 +667,17 @@ class SQLiteStore(Store, ReminderStore):
         node: str,
         fence: int | None,
         started_at: datetime.datetime,
+        trigger: str | None = None,
     ) -> int | None:
         """See :meth:`Store.claim`.
 
         Raises:
             LookupError: The job is not registered.
+            JobPaused: ``trigger`` is ``None`` and the job is paused.
             RuntimeError: The store is not being served.
             TimeoutError: The call took longer than ``call_timeout`` (the claim, if it
                 was about to succeed, is rolled back).
-            ValueError: A time is not timezone-aware.
+            ValueError: A time is not timezone-aware, or ``trigger`` is unknown.
             sqlite3.Error: SQLite failed.
         """
         params = {
@@ -592,6 +686,7 @@ class SQLiteStore(Store, ReminderStore):
             "node": node,
             "fence": fence,
             "started_at": _micros(utc(started_at, "started_at")),
+            "trigger": check_trigger(trigger),
         }
         try:
             return await self._run(
@@ -599,6 +694,8 @@ class SQLiteStore(Store, ReminderStore):
             )
         except LookupError as exc:
             raise LookupError(f"{exc} with {self!r}") from None
+        except JobPaused as exc:
+            raise JobPaused(f"{exc} in {self!r}") from None
 
     async def finish(
         self,
@@ -638,7 +735,8 @@ class SQLiteStore(Store, ReminderStore):
             sqlite3.Error: SQLite failed.
         """
         rows = await self._run(lambda conn, _: self._db.jobs(conn))
-        return [_job_state(row) for row in rows]
+        now = _now()
+        return [_job_state(row, now) for row in rows]
 
     async def job(self, name: str) -> JobState | None:
         """See :meth:`Store.job`.
@@ -649,7 +747,7 @@ class SQLiteStore(Store, ReminderStore):
             sqlite3.Error: SQLite failed.
         """
         row = await self._run(lambda conn, _: self._db.job(conn, name))
-        return None if row is None else _job_state(row)
+        return None if row is None else _job_state(row, _now())
 
     async def runs(self, name: str, *, limit: int = 20) -> list[RunRecord]:
         """See :meth:`Store.runs`.
@@ -663,6 +761,58 @@ class SQLiteStore(Store, ReminderStore):
         check_limit(limit)
         rows = await self._run(lambda conn, _: self._db.runs(conn, name, limit))
         return [_run_record(row) for row in rows]
+
+    # -- operating ------------------------------------------------------------------------
+
+    async def pause(self, name: str, *, note: str | None = None) -> None:
+        """See :meth:`Store.pause`.
+
+        Raises:
+            LookupError: The job is not registered.
+            RuntimeError: The store is not being served.
+            TimeoutError: The call took longer than ``call_timeout``.
+            sqlite3.Error: SQLite failed.
+        """
+        change = "paused_at = coalesce(paused_at, :now), pause_note = :note"
+        await self._change_job(change, {"name": name, "note": note, "now": _micros(_now())})
+
+    async def resume(self, name: str) -> None:
+        """See :meth:`Store.resume`.
+
+        Raises:
+            LookupError: The job is not registered.
+            RuntimeError: The store is not being served.
+            TimeoutError: The call took longer than ``call_timeout``.
+            sqlite3.Error: SQLite failed.
+        """
+        change = (
+            "resumed_at = CASE WHEN paused_at IS NULL THEN resumed_at ELSE :now END, "
+            "paused_at = NULL, pause_note = NULL"
+        )
+        await self._change_job(change, {"name": name, "now": _micros(_now())})
+
+    async def trigger(self, name: str) -> None:
+        """See :meth:`Store.trigger`: this process's watchers are told at once, the
+        others' at their store's next poll.
+
+        Raises:
+            LookupError: The job is not registered.
+            RuntimeError: The store is not being served.
+            TimeoutError: The call took longer than ``call_timeout``.
+            sqlite3.Error: SQLite failed.
+        """
+        change = "triggered_at = coalesce(triggered_at, :now)"
+        await self._change_job(change, {"name": name, "now": _micros(_now())})
+        self._notify_triggers(name)
+
+    async def _change_job(self, change: str, params: dict[str, Any]) -> None:
+        try:
+            await self._run(lambda conn, _: self._db.change_job(conn, change, params))
+        except LookupError as exc:
+            raise LookupError(f"{exc} with {self!r}") from None
+
+    async def _triggered(self) -> list[str]:
+        return await self._run(lambda conn, _: self._db.triggered(conn))
 
     # -- reminders (see ReminderStore; every method raises RuntimeError when the store is
     # not being served, TimeoutError after call_timeout, sqlite3.Error when SQLite fails)
