@@ -99,6 +99,14 @@ class State:
     busy: bool = False
     idle: trio.Event | None = None
     deferred: bool = False
+    # serve's nursery, while served.
+    nursery: trio.Nursery | None = None
+    # Taking the store's triggers: a task is at it; asked again meanwhile; the last one
+    # was refused by a guard (the next refusals are not reported: quiet).
+    trigger_task: bool = False
+    trigger_again: bool = False
+    trigger_refused: bool = False
+    quiet: bool = False
     # overdue_after: the alarm, when the count started (serve, resume), the end of the
     # last ok run, and whether the job is overdue now.
     overdue_alarm: Alarm | None = None
@@ -127,6 +135,7 @@ if TYPE_CHECKING:
         catch_up_window: float | None
         retry: Retry | None
         jitter: float
+        overdue_after: float | None
         _state: State
         _runs: Runs
         _interval: float | None
@@ -158,6 +167,15 @@ if TYPE_CHECKING:
         def _retry_until(self) -> float: ...
         @property
         def _every(self) -> float: ...
+
+        def _tick(
+            self,
+            scheduled_at: float,
+            catch_up: _CatchUp | None,
+            fire_time: datetime.datetime | None,
+            trigger: Trigger | None = None,
+        ) -> Coroutine[Any, Any, _Outcome]: ...
+        def _tick_over(self) -> None: ...
 
         # Durable
         def _plan_from_store(self, record: JobState) -> None: ...

@@ -13,11 +13,11 @@ import trio
 
 from ._clocks import DECIDED, Parts
 from ._cron import UTC, IntervalGrid, latest_fire
-from ._events import Finished, SkipReason
+from ._events import Finished, Skipped, SkipReason
 from ._options import CatchUp, DelayMode
 from ._runs import Run
 from .peers._base import Peer, default_node
-from .stores._base import JobState, Store
+from .stores._base import JobPaused, JobState, Store
 
 if TYPE_CHECKING:
     from ._clocks import Trigger, _Outcome, _Schedule
@@ -30,6 +30,10 @@ _MAX_CATCH_UP = 100_000
 _TICK = datetime.timedelta(microseconds=1)
 # Error texts kept in a store are cut at this length.
 _ERROR_TEXT = 2000
+# Why a tick for a store's trigger may start no run and leave the trigger pending.
+_REFUSALS = frozenset(
+    {SkipReason.GUARD, SkipReason.GUARD_ERROR, SkipReason.OVERLAP, SkipReason.NOT_LEADER}
+)
 
 
 @functools.cache
@@ -50,6 +54,7 @@ class Durable(Parts):
             self.name,
             schedule=self._schedule_text(),
             anchor=wall + datetime.timedelta(seconds=self._first_delay),
+            overdue_after=self.overdue_after,
         )
         if self._schedule is None and self.delay_mode is not DelayMode.SHIFTED:
             # The grid is the store's: the same on every process and across restarts.
@@ -72,6 +77,11 @@ class Durable(Parts):
         assert schedule is not None
         wall = self._wall_now()
         last = record.last_slot
+        if record.paused:  # what falls due while paused is never caught up
+            state.fire = schedule.next_after(wall).astimezone(UTC)
+            return
+        if last is not None and record.resumed_at is not None and record.resumed_at > last:
+            last = record.resumed_at  # nor what fell due while it was paused
         if last is None:  # a first serve has missed nothing
             if isinstance(schedule, IntervalGrid) and record.anchor >= wall:
                 state.fire = record.anchor
@@ -208,9 +218,21 @@ class Durable(Parts):
             else wall - datetime.timedelta(seconds=trio.current_time() - scheduled_at)
         )
         try:
-            key = await store.claim(
-                self.name, slot=slot, node=self._node, fence=fence, started_at=wall
-            )
+            if trigger is None:
+                key = await store.claim(
+                    self.name, slot=slot, node=self._node, fence=fence, started_at=wall
+                )
+            else:
+                key = await store.claim(
+                    self.name,
+                    slot=slot,
+                    node=self._node,
+                    fence=fence,
+                    started_at=wall,
+                    trigger=trigger,
+                )
+        except JobPaused:
+            return self._skip(SkipReason.PAUSED, scheduled_at)
         except Exception as exc:  # never run unclaimed
             return self._skip(SkipReason.STORE_ERROR, scheduled_at, error=exc)
         if key is None:
@@ -252,6 +274,58 @@ class Durable(Parts):
                 exc,
                 extra={"periodic_job": self.name, "periodic_run_id": finished.run_id},
             )
+
+    def _store_triggered(self) -> None:
+        """The store says a trigger may be pending for this job: try to take it (in a
+        task of serve's nursery; one at a time)."""
+        state = self._state
+        if state.trigger_task:
+            state.trigger_again = True
+            return
+        nursery = state.nursery
+        if nursery is None or not self._runs.accepting:
+            return
+        state.trigger_task = True
+        nursery.start_soon(self._take_store_triggers)
+
+    async def _take_store_triggers(self) -> None:
+        state = self._state
+        try:
+            while True:
+                state.trigger_again = False
+                peer = self.peer
+                # (a follower leaves the trigger to the leader, without a word)
+                if peer is None or peer.is_leader():
+                    await self._take_store_trigger()
+                if not state.trigger_again:
+                    return
+        finally:
+            state.trigger_task = False
+
+    async def _take_store_trigger(self) -> None:
+        """One tick for the store's trigger, through the guards; the claim takes it. A
+        tick the guards refuse leaves it pending (tried again as the store repeats it),
+        reported once until one is taken."""
+        state = self._state
+        lock = state.tick_lock
+        assert lock is not None
+        async with lock:
+            while state.busy:
+                if state.idle is None:
+                    state.idle = trio.Event()
+                await state.idle.wait()
+            if not self._runs.accepting:
+                return
+            schedule = self._schedule
+            fire_time = None if schedule is None else self._wall_now().astimezone(schedule.tz)
+            state.busy = True
+            state.quiet = state.trigger_refused
+            try:
+                outcome = await self._tick(trio.current_time(), None, fire_time, "store")
+            finally:
+                state.quiet = False
+                self._tick_over()
+        state.trigger_refused = isinstance(outcome, Skipped) and outcome.reason in _REFUSALS
 
     @property
     def _node(self) -> str:

@@ -329,6 +329,7 @@ class Periodic(EventSource, Clocks, Durable):
         state.serving = True
         if store is not None:
             store.attach()  # the store stays open until this job has recorded its last run
+        unwatch: Callable[[], None] | None = None
         try:
             record = None
             state.schedule = self._schedule
@@ -337,6 +338,11 @@ class Periodic(EventSource, Clocks, Durable):
             async with trio.open_nursery() as nursery:
                 self._runs.open(nursery)
                 state.tick_lock = trio.Lock()
+                state.nursery = nursery
+                if store is not None and self.mode is Mode.AUTO:
+                    unwatch = store.watch_triggers(self.name, self._store_triggered)
+                    if record is not None and record.triggered_at is not None:
+                        self._store_triggered()  # asked for while no process served it
                 if self.overdue_after is not None:
                     state.last_ok_at = None
                     state.overdue_alarm = Alarm(
@@ -377,12 +383,15 @@ class Periodic(EventSource, Clocks, Durable):
                                 self._tick_over()
                                 then(outcome)
                 finally:
+                    state.nursery = None
                     crash = self._stop_ticking()
                     await self._runs.shutdown()
                     self._stop_overdue()
                     if crash is not None:  # a tick raised as serve was being cancelled
                         raise crash
         finally:
+            if unwatch is not None:
+                unwatch()
             if store is not None:
                 store.detach()
             state.serving = False
@@ -669,12 +678,14 @@ class Periodic(EventSource, Clocks, Durable):
         count: int = 1,
         error: BaseException | None = None,
     ) -> Skipped:
-        skipped = self._state.skipped
+        state = self._state
+        skipped = state.skipped
         skipped[reason] = skipped.get(reason, 0) + count
         event = Skipped(
             job=self.name, reason=reason, scheduled_at=scheduled_at, count=count, error=error
         )
-        emit(event, self._runs.keys)
+        if not state.quiet:
+            emit(event, self._runs.keys)
         return event
 
 

@@ -1,0 +1,275 @@
+"""Operating jobs through their store: pause, resume, trigger and overdue, as the scheduler
+honours them (MemoryStore, virtual time; the stores' own side is in the contract suite)."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from periodic import Periodic
+from periodic.events import Skipped, SkipReason, Started
+from periodic.stores import MemoryStore, Store
+from periodic.testing import LocalPeer, capture_events
+
+UTC = datetime.timezone.utc
+T0 = datetime.datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
+
+
+class Wall:
+    """A wall clock that follows Trio's clock, plus a shift (a process that was down)."""
+
+    def __init__(self) -> None:
+        self.shift = 0.0
+
+    def __call__(self) -> datetime.datetime:
+        return T0 + datetime.timedelta(seconds=trio.current_time() + self.shift)
+
+
+class Job:
+    def __init__(self, duration: float = 0.0) -> None:
+        self.starts: list[float] = []
+        self.duration = duration
+
+    async def __call__(self) -> None:
+        self.starts.append(trio.current_time())
+        await trio.sleep(self.duration)
+
+
+@pytest.fixture
+def wall() -> Wall:
+    return Wall()
+
+
+@pytest.fixture
+async def store(nursery: trio.Nursery, wall: Wall) -> MemoryStore:
+    store = MemoryStore(wall_clock=wall)
+    await nursery.start(store.serve)
+    return store
+
+
+def make(store: Store, wall: Wall, run: Job, **options: Any) -> Periodic:
+    options.setdefault("every", 10)
+    return Periodic(run=run, store=store, wall_clock=wall, name="rollup", **options)
+
+
+async def test_a_pause_in_the_store_stops_every_process_and_resume_catches_nothing_up(
+    autojump_clock: trio.testing.MockClock, store: MemoryStore, wall: Wall
+) -> None:
+    first, second = Job(), Job()
+    a, b = make(store, wall, first), make(store, wall, second)  # two processes, no peer
+    with capture_events(a) as events:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.serve)
+            await nursery.start(b.serve)
+            await trio.sleep(15)
+            await store.pause("rollup", note="incident 42")
+            state = await store.job("rollup")
+            assert state is not None
+            assert (state.paused, state.pause_note) == (True, "incident 42")
+            await trio.sleep(20)  # slots 20 and 30: paused
+            await store.resume("rollup")
+            await trio.sleep(10)  # slot 40 runs; 20 and 30 are not caught up
+            nursery.cancel_scope.cancel()
+    assert sorted(first.starts + second.starts) == [10.0, 40.0]
+    # (which process claimed slots 10 and 40 is a race: the other one was refused)
+    assert [
+        (str(e.reason), e.scheduled_at)
+        for e in events.of(Skipped)
+        if e.reason is not SkipReason.CLAIMED
+    ] == [("paused", 20.0), ("paused", 30.0)]
+    assert a.statistics().skipped["paused"] == 2
+    assert b.statistics().skipped["paused"] == 2
+    assert not a.paused  # (the job object's own pause is another thing)
+
+
+async def test_a_job_paused_in_the_store_catches_nothing_up_when_served(
+    autojump_clock: trio.testing.MockClock, store: MemoryStore, wall: Wall
+) -> None:
+    job = Job()
+    p = make(store, wall, job)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(p.serve)
+        await trio.sleep(11)  # slot 10 ran
+        nursery.cancel_scope.cancel()
+    await store.pause("rollup")
+    wall.shift += 100  # down for 100 s, paused
+    with capture_events(p) as events:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(p.serve)
+            await trio.sleep(5)
+            await store.resume("rollup")  # at wall 116
+            await trio.sleep(10)  # the next slot, 120, runs; none of the missed ones
+            nursery.cancel_scope.cancel()
+    assert job.starts == [10.0, 20.0]  # Trio's clock: 20 is wall 120
+    assert events.of(Skipped) == []  # nothing missed, nothing tried while paused
+
+
+async def test_slots_that_fell_due_while_paused_are_not_caught_up_after_a_resume(
+    autojump_clock: trio.testing.MockClock, store: MemoryStore, wall: Wall
+) -> None:
+    job = Job()
+    p = make(store, wall, job, catch_up="all", catch_up_window=1000)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(p.serve)
+        await trio.sleep(11)  # slot 10 ran
+        nursery.cancel_scope.cancel()
+    await store.pause("rollup")
+    wall.shift += 50  # slots 20..60 fall due while paused (and down)
+    await store.resume("rollup")  # at wall 61
+    wall.shift += 30  # down 30 s more: slots 70, 80, 90 were missed after the resume
+    with capture_events(p) as events:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(p.serve)
+            await trio.sleep(1)
+            nursery.cancel_scope.cancel()
+    assert [s.fire_time for s in events.of(Started)] == [
+        T0 + datetime.timedelta(seconds=s) for s in (70, 80, 90)
+    ]
+
+
+async def test_a_store_trigger_runs_once_at_once_on_one_process(
+    autojump_clock: trio.testing.MockClock, store: MemoryStore, wall: Wall
+) -> None:
+    first, second = Job(), Job()
+    a, b = make(store, wall, first, every=100), make(store, wall, second, every=100)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.serve)
+        await nursery.start(b.serve)
+        await trio.sleep(5)
+        await store.trigger("rollup")
+        await trio.sleep(1)
+        assert sorted(first.starts + second.starts) == [5.0]  # one run, at once
+        state = await store.job("rollup")
+        assert state is not None
+        assert state.triggered_at is None  # taken
+        await trio.sleep(100)  # the schedule is as it was: slot 100
+        nursery.cancel_scope.cancel()
+    assert sorted(first.starts + second.starts) == [5.0, 100.0]
+
+
+async def test_a_store_trigger_runs_a_job_paused_in_the_store(
+    autojump_clock: trio.testing.MockClock, store: MemoryStore, wall: Wall
+) -> None:
+    job = Job()
+    p = make(store, wall, job)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(p.serve)
+        await store.pause("rollup")
+        await trio.sleep(3)
+        await store.trigger("rollup")
+        await trio.sleep(30)
+        nursery.cancel_scope.cancel()
+    assert job.starts == [3.0]
+
+
+async def test_job_trigger_runs_a_job_paused_in_the_store(
+    autojump_clock: trio.testing.MockClock, store: MemoryStore, wall: Wall
+) -> None:
+    job = Job()
+    p = make(store, wall, job)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(p.serve)
+        await store.pause("rollup")
+        await trio.sleep(3)
+        started = await p.trigger()
+        assert isinstance(started, Started)
+        nursery.cancel_scope.cancel()
+    assert job.starts == [3.0]
+    [run] = await store.runs("rollup")
+    assert run.slot == T0 + datetime.timedelta(seconds=3)
+
+
+async def test_a_trigger_asked_for_while_nobody_served_runs_at_serve(
+    autojump_clock: trio.testing.MockClock, store: MemoryStore, wall: Wall
+) -> None:
+    job = Job()
+    p = make(store, wall, job, every=100)
+    await store.register("rollup", schedule="every 100s", anchor=T0)
+    await store.trigger("rollup")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(p.serve)
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    assert job.starts == [0.0]
+
+
+async def test_only_the_leader_takes_a_store_trigger(
+    autojump_clock: trio.testing.MockClock, store: MemoryStore, wall: Wall
+) -> None:
+    leader, follower = Job(), Job()
+    peer_a, peer_b = LocalPeer(leader=True), LocalPeer(leader=False)
+    a = make(store, wall, leader, every=100, peer=peer_a)
+    b = make(store, wall, follower, every=100, peer=peer_b)
+    with capture_events(b) as follower_events:
+        async with trio.open_nursery() as nursery:
+            for peer in (peer_a, peer_b):
+                await nursery.start(peer.serve)
+            await nursery.start(b.serve)  # the follower hears of it first
+            await nursery.start(a.serve)
+            await trio.sleep(2)
+            await store.trigger("rollup")
+            await trio.sleep(1)
+            nursery.cancel_scope.cancel()
+    assert (leader.starts, follower.starts) == ([2.0], [])
+    assert list(follower_events) == []  # a follower leaves it without a word
+
+
+async def test_a_store_trigger_refused_by_a_guard_is_reported_once_and_stays_pending(
+    autojump_clock: trio.testing.MockClock, store: MemoryStore, wall: Wall
+) -> None:
+    job = Job(duration=50)
+    p = make(store, wall, job, every=100, on_overlap="ignore")
+    with capture_events(p) as events:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(p.serve)
+            await trio.sleep(1)
+            await p.trigger()  # a run from 1 to 51
+            await store.trigger("rollup")  # refused: the run goes on
+            await trio.sleep(1)
+            await store.trigger("rollup")  # (the same trigger, told again) refused again
+            await trio.sleep(59)  # at 61 the run is over
+            state = await store.job("rollup")
+            assert state is not None
+            assert state.triggered_at == T0 + datetime.timedelta(seconds=1)
+            await store.trigger("rollup")  # told again: now it runs
+            await trio.sleep(1)
+            nursery.cancel_scope.cancel()
+    assert job.starts == [1.0, 61.0]
+    assert [(str(e.reason), e.scheduled_at) for e in events.of(Skipped)] == [
+        ("overlap", 1.0)  # reported once
+    ]
+
+
+async def test_overdue_after_is_registered_and_judged_by_the_store(
+    autojump_clock: trio.testing.MockClock, store: MemoryStore, wall: Wall
+) -> None:
+    p = make(store, wall, Job(), every=10, overdue_after=25)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(p.serve)
+        await trio.sleep(12)
+        nursery.cancel_scope.cancel()
+    state = await store.job("rollup")
+    assert state is not None
+    assert (state.overdue_after, state.overdue) == (25.0, False)
+    assert state.last_ok_at == T0 + datetime.timedelta(seconds=10)
+    await trio.sleep(23)  # nobody serves it: 25 s after its last ok run, at 35
+    state = await store.job("rollup")
+    assert state is not None
+    assert state.overdue
+
+
+async def test_a_claim_refused_as_paused_is_not_a_store_error(
+    autojump_clock: trio.testing.MockClock, store: MemoryStore, wall: Wall
+) -> None:
+    p = make(store, wall, Job(), every=10)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(p.serve)
+        await store.pause("rollup")
+        await trio.sleep(25)
+        nursery.cancel_scope.cancel()
+    skipped = p.statistics().skipped
+    assert (skipped["paused"], skipped["store_error"]) == (2, 0)
