@@ -152,3 +152,49 @@ def test_killed_leaders_never_make_a_slot_run_twice(target: list[str], tmp_path:
     # missed while nobody led (and ran the latest of them at once).
     missed = [s for p in started for s in p.of("skip") if s["reason"] == "missed"]
     assert len(missed) >= kills - 1, missed
+
+
+def trigger_from_outside(target: list[str]) -> float:
+    """``store.trigger("shared")`` from this process, as ``periodic trigger`` would;
+    the wall time it was committed."""
+    import trio
+
+    args = dict(zip(target[::2], target[1::2], strict=True))
+
+    async def main() -> float:
+        store: Any
+        if args["--backend"] == "sqlite":
+            from periodic.stores.sqlite import SQLiteStore
+
+            store = SQLiteStore(args["--target"])
+        else:
+            from periodic.stores.postgres import PostgresStore
+
+            store = PostgresStore(args["--target"], table_prefix=args["--prefix"])
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.serve)
+            await store.trigger("shared")
+            done = time.time()
+            nursery.cancel_scope.cancel()
+        return done
+
+    return trio.run(main)
+
+
+def test_a_trigger_from_outside_runs_once_within_a_second(
+    target: list[str], tmp_path: Path
+) -> None:
+    # An hourly job: nothing runs but what is triggered.
+    args = [*target, "--peer", "none", "--every", "3600"]
+    with processes(3, args, tmp_path) as started:
+        asked = []
+        for _ in range(3):
+            asked.append(trigger_from_outside(target))
+            deadline = time.monotonic() + 5
+            while len(slots_run(started)) < len(asked) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(0.5)  # (time for a second run, if there were one)
+    runs = sorted(line["t"] for p in started for line in p.of("run"))
+    assert len(runs) == len(asked)  # each trigger ran once, on one process
+    late = [round(ran - at, 3) for ran, at in zip(runs, asked, strict=True)]
+    assert all(0 <= lateness < 1.0 for lateness in late), late
