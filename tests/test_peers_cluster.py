@@ -111,7 +111,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     try:
         yield made
     finally:
-        for table in (made.table, f"{made.table}_fenced"):
+        for table in (made.table, f"{made.table}_fenced", f"{made.table}_members"):
             try:
                 query(dsn, f"DROP TABLE IF EXISTS {table}")
             except Exception as exc:  # a server restarted by another test: harmless

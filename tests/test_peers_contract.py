@@ -113,7 +113,7 @@ def _postgres() -> Backend:
         take_over=take_over,
         settle=1.5 * TTL,
     )
-    backend.cleanup.append(lambda: query(dsn, f"DROP TABLE IF EXISTS {table}"))
+    backend.cleanup.append(lambda: query(dsn, f"DROP TABLE IF EXISTS {table}, {table}_members"))
     return backend
 
 
