@@ -189,7 +189,7 @@ class LeadershipChanged:
         fence: The lease epoch it gained, or the one it held until it lost it.
         leader: The holder now, when known (``None`` when unknown or nobody).
         reason: Why, in a few words (``"elected"``, ``"lease expired"``, ``"error"``,
-            ``"stopped"``, ``"taken over"``, …).
+            ``"stopped"``, ``"taken over"``, ``"quorum_lost"``, …).
     """
 
     name: str

@@ -436,7 +436,8 @@ _subscription = subscribe(_subscriber)
 
 
 def record_election(name: str, result: str) -> None:
-    """Count one lease election of the peer ``name``: ``leader``, ``follower``, ``error``."""
+    """Count one lease election of the peer ``name``: ``leader``, ``follower``,
+    ``no_quorum``, ``error``."""
     _subscriber.record_election(name, result)
 
 

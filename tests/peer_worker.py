@@ -39,6 +39,8 @@ def make_peer(args: argparse.Namespace) -> Peer:
     options: dict[str, Any] = {"name": args.name, "ttl": args.ttl, "node": args.node}
     if args.table:
         options["table"] = args.table
+    if args.quorum != 1:
+        options["quorum"] = args.quorum
     if args.backend == "sqlite":
         from periodic.peers.sqlite import SQLitePeer
 
@@ -114,6 +116,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--name", default="cluster")
     parser.add_argument("--node", required=True)
     parser.add_argument("--ttl", type=float, default=2.0)
+    parser.add_argument("--quorum", type=int, default=1)
     parser.add_argument("--status-every", type=float, default=0.25)
     parser.add_argument("--job-every", type=float, default=0.0)
     parser.add_argument("--job-work", type=float, default=0.05)

@@ -103,12 +103,14 @@ def pg_ctlcluster(action: str) -> None:
 
 
 def drop_table(dsn: str, table: str) -> None:
-    """``DROP TABLE IF EXISTS table``; the name is quoted as an identifier."""
+    """``DROP TABLE IF EXISTS table``, and the peers' ``table_members`` beside it; the
+    names are quoted as identifiers."""
     import psycopg
     from psycopg import sql
 
     with psycopg.connect(dsn, connect_timeout=3, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
+        for name in (table, f"{table}_members"):
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
 
 
 @pytest.fixture

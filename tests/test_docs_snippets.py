@@ -106,7 +106,7 @@ def run_with_postgres(main: Any, monkeypatch: pytest.MonkeyPatch) -> None:
         trio.run(run_for, main, 1.5)  # real time: the peer's calls run in threads
     finally:
         if not existed:
-            query(dsn, f"DROP TABLE IF EXISTS {table}")
+            query(dsn, f"DROP TABLE IF EXISTS {table}, {table}_members")
 
 
 # -- logging first ----------------------------------------------------------------------------

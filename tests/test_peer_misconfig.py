@@ -108,7 +108,7 @@ def _postgres() -> Database:
             dsn.rsplit("/", 1)[0] + f"/no_such_db_{table[-12:]}", name="e", ttl=1.0
         ),
     )
-    db.cleanup.append(lambda: query(dsn, f"DROP TABLE IF EXISTS {table}"))
+    db.cleanup.append(lambda: query(dsn, f"DROP TABLE IF EXISTS {table}, {table}_members"))
     return db
 
 
@@ -343,7 +343,11 @@ async def test_roles_with_other_search_paths_share_a_schema_qualified_table(
             seen = await leaders_over(shared, 2.0)
             assert max(seen) == 1  # one leader, never two
         finally:
-            query(pg, f"DROP TABLE IF EXISTS public.{table}, public.{table}_q")
+            query(
+                pg,
+                f"DROP TABLE IF EXISTS public.{table}, public.{table}_q, "
+                f"public.{table}_members, public.{table}_q_members",
+            )
 
 
 @pytest.mark.postgres
@@ -414,7 +418,7 @@ async def test_a_missing_grant_is_an_error_until_it_is_granted(
                 await wait_until(peer.is_leader)
                 nursery.cancel_scope.cancel()
     finally:
-        query(pg, f"DROP TABLE IF EXISTS public.{table}")
+        query(pg, f"DROP TABLE IF EXISTS public.{table}, public.{table}_members")
 
 
 @pytest.mark.postgres

@@ -111,7 +111,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     try:
         yield made
     finally:
-        for table in (made.table, f"{made.table}_fenced"):
+        for table in (made.table, f"{made.table}_fenced", f"{made.table}_members"):
             try:
                 query(dsn, f"DROP TABLE IF EXISTS {table}")
             except Exception as exc:  # a server restarted by another test: harmless
@@ -496,6 +496,50 @@ async def test_a_stopping_leader_hands_over(
     report(store.backend, "graceful", ttl, handovers)
     bound = 0.5 if store.backend == "postgres" else ttl / 2 + SLACK
     assert all(0 < t < bound for t in handovers), handovers
+
+
+async def test_with_a_quorum_of_two_a_lone_survivor_stops_leading_until_one_returns(
+    store: Store, cluster_factory: Callable[..., Cluster]
+) -> None:
+    ttl = 1.0
+    cluster = cluster_factory(ttl, "--quorum=2")
+    for slot in range(3):
+        await cluster.start(slot)
+    leader = await elected(cluster, 3)
+    others = [w for w in cluster.live() if w is not leader]
+
+    await trio.sleep(random.uniform(0, ttl / 2))  # any point of the renewal cycle
+    killed_at = time.time()
+    for w in others:
+        w.process.kill()
+    await cluster.wait_for(lambda: all(w.exited for w in others), 5, "the kills")
+    # The dead members' rows expire at most ttl after their last round, which was at
+    # most ttl / 2 before the kill; the leader sees it at its next round, ttl / 2 later.
+    bound = ttl + ttl / 2
+    lost = await cluster.wait_for(
+        lambda: [c for c in leader.of("change") if not c["gained"]],
+        bound + 5,
+        "the survivor to step down",
+    )
+    assert lost[0]["reason"] == "quorum_lost"
+    stepped_down = lost[0]["t"] - killed_at
+    # Alone, it takes no lease, however long it waits.
+    await trio.sleep(ttl)
+    assert not leader.leading
+    assert leader.status is not None
+    assert leader.status["leader"] is None
+
+    restarted_at = time.time()
+    await cluster.start(others[0].slot, 1)
+    again = await elected(cluster, 2)
+    regained = again.of("change")[-1]
+    assert regained["gained"]
+    back = regained["t"] - restarted_at
+
+    report(store.backend, "quorum", ttl, [stepped_down, back], bound=bound)
+    assert 0 < stepped_down < bound + SLACK, stepped_down
+    gains = [c for c in leader.of("change") if c["gained"] and c["t"] < restarted_at]
+    assert len(gains) == 1  # only the first, before the kills
 
 
 # -- chaos --------------------------------------------------------------------------------

@@ -113,7 +113,7 @@ def _postgres() -> Backend:
         take_over=take_over,
         settle=1.5 * TTL,
     )
-    backend.cleanup.append(lambda: query(dsn, f"DROP TABLE IF EXISTS {table}"))
+    backend.cleanup.append(lambda: query(dsn, f"DROP TABLE IF EXISTS {table}, {table}_members"))
     return backend
 
 
@@ -467,3 +467,93 @@ async def test_a_run_is_cancelled_when_leadership_is_lost(
 
     assert finished.outcome == Outcome.CANCELLED
     assert finished.cancel_reason == CancelReason.LEADERSHIP_LOST
+
+
+# -- quorum (the database peers) -----------------------------------------------------------
+
+
+@pytest.fixture
+def with_members(backend: Backend) -> Backend:
+    """A backend whose peers keep members, and so take a ``quorum``."""
+    if backend.kind not in ("sqlite", "postgres"):
+        pytest.skip(f"{backend.kind} peers keep no members")
+    return backend
+
+
+async def members_become(peer: Peer, expected: list[str]) -> None:
+    members = getattr(peer, "members")  # noqa: B009 (not every Peer has it)
+    with trio.fail_after(BOUND):
+        while await members() != expected:
+            await trio.sleep(0.02)
+
+
+async def test_members_are_the_served_peers_and_a_stopped_one_leaves(
+    with_members: Backend, serving: Callable[[Peer], Any]
+) -> None:
+    second, first = with_members.make(node="second"), with_members.make(node="first")
+    await serving(second)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(first.serve)
+        await members_become(second, ["first", "second"])  # sorted
+        await members_become(first, ["first", "second"])
+        nursery.cancel_scope.cancel()
+
+    # A clean stop deletes its row at once: no waiting for it to expire.
+    assert await second.members() == ["second"]  # type: ignore[attr-defined]
+
+
+async def test_below_its_quorum_a_peer_never_leads(
+    with_members: Backend, serving: Callable[[Peer], Any], events: list[Event]
+) -> None:
+    peer = with_members.make(node="lonely", quorum=2)
+    await serving(peer)
+    await members_become(peer, ["lonely"])
+
+    with trio.move_on_after(with_members.settle):
+        await peer.wait_change()
+        pytest.fail(f"leadership changed below the quorum: {changes(events, peer)}")
+    assert not peer.is_leader()
+    assert peer.leader() is None
+    assert_consistent(peer)
+
+
+async def test_a_leader_below_its_quorum_steps_down_and_a_new_member_restores_it(
+    with_members: Backend, nursery: trio.Nursery, events: list[Event]
+) -> None:
+    peers = [with_members.make(node=node, quorum=2) for node in ("first", "second")]
+    scopes = [trio.CancelScope() for _ in peers]
+    stopped = [trio.Event() for _ in peers]
+
+    async def serve(i: int, task_status: trio.TaskStatus[None]) -> None:
+        with scopes[i]:
+            await peers[i].serve(task_status=task_status)
+        stopped[i].set()
+
+    for i in range(2):
+        await nursery.start(serve, i)
+    with trio.fail_after(BOUND):
+        while not any(p.is_leader() for p in peers):
+            await trio.sleep(0.02)
+    leader = next(p for p in peers if p.is_leader())
+    fence = leader.fence
+    other = 1 - peers.index(leader)
+    scopes[other].cancel()  # the only other member stops cleanly
+    await stopped[other].wait()
+
+    await wait_until(leader, leading=False)  # at its next round, within ttl / 2
+    assert changes(events, leader)[-1] == LeadershipChanged(
+        name="contract",
+        node=leader.node,
+        gained=False,
+        fence=fence,
+        leader=None,
+        reason="quorum_lost",
+    )
+    third = with_members.make(node="third", quorum=2)
+    await nursery.start(third.serve)
+    with trio.fail_after(BOUND):
+        while not (leader.is_leader() or third.is_leader()):
+            await trio.sleep(0.02)
+    assert_consistent(leader)
+    assert_consistent(third)
+    nursery.cancel_scope.cancel()

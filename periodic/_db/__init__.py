@@ -16,7 +16,7 @@ import datetime
 import enum
 import math
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 
 import attrs
 
@@ -169,7 +169,7 @@ def check_shape(
     shown: str,
     have: Mapping[str, str],
     columns: Mapping[str, Collection[str]],
-    key: str,
+    key: str | Sequence[str],
     keyed: bool,
     *,
     option: str = "table",
@@ -180,8 +180,9 @@ def check_shape(
         shown: The table's name, for the message.
         have: Each column the table has, with its type (or SQLite affinity).
         columns: Each column the backend needs, with the types it accepts.
-        key: The column that must be unique by itself.
-        keyed: Whether it is.
+        key: The column that must be unique by itself, or the columns that must be
+            unique together.
+        keyed: Whether it is (they are).
         option: The backend's option that names the table, for the message.
 
     Raises:
@@ -193,11 +194,12 @@ def check_shape(
         for name, accepted in columns.items()
         if have.get(name) not in accepted
     ]
+    unique = key if isinstance(key, str) else f"({', '.join(key)})"
     if not keyed:
-        wrong.append(f"{key} has no unique index of its own")
+        wrong.append(f"{unique} has no unique index of its own")
     if wrong:
         expected = ", ".join(f"{name} {' or '.join(kinds)}" for name, kinds in columns.items())
         raise DatabaseConfigError(
             f"table {shown} has the wrong shape ({'; '.join(wrong)}); expected {expected}, "
-            f"unique on {key}: drop it, or give another {option}="
+            f"unique on {unique}: drop it, or give another {option}="
         )

@@ -8,7 +8,7 @@ import hashlib
 import math
 import re
 import threading
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import quote, quote_plus, unquote, urlsplit
 
@@ -356,7 +356,7 @@ def find_table(
     table: TableName,
     *,
     columns: Mapping[str, Collection[str]],
-    key: str,
+    key: str | Sequence[str],
     create: str | None,
     name_option: str = "table",
     create_option: str = "create_table",
@@ -370,7 +370,8 @@ def find_table(
     Args:
         columns: Each column the backend needs, with the types it accepts (as
             ``format_type`` writes them, without length or precision).
-        key: The column that must have a unique index of its own.
+        key: The column that must have a unique index of its own, or the columns that
+            must have one together (in any order).
         create: ``CREATE TABLE IF NOT EXISTS {table} (...)`` with ``{table}`` to fill in,
             or ``None`` to require an existing table.
         name_option, create_option: The backend's options that name the table and
@@ -428,12 +429,15 @@ def find_table(
     if rows[0][2] not in ("r", "p"):
         raise DatabaseConfigError(f"{shown} is not a table (relkind {rows[0][2]!r})")
     have = {str(name): _TYPMOD.sub("", str(kind)) for name, kind, _ in rows if name is not None}
+    keys = sorted([key] if isinstance(key, str) else key)
     unique = conn.execute(
         "SELECT 1 FROM pg_catalog.pg_index i "
-        "JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
-        "WHERE i.indrelid = to_regclass(%s) AND i.indisunique AND i.indnatts = 1 "
-        "AND i.indpred IS NULL AND a.attname = %s",
-        (regclass, key),
+        "WHERE i.indrelid = to_regclass(%s) AND i.indisunique AND i.indpred IS NULL "
+        "AND i.indnatts = %s AND ARRAY(SELECT a.attname::text "
+        "FROM unnest(i.indkey::int2[]) AS k(attnum) "
+        "JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+        'ORDER BY a.attname::text COLLATE "C") = %s::text[]',
+        (regclass, len(keys), keys),
     ).fetchone()
     check_shape(shown, have, columns, key, unique is not None, option=name_option)
     return schema, table.name

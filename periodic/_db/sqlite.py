@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 
 from . import DatabaseConfigError, Fault, check_shape
 
@@ -97,7 +97,7 @@ def find_table(
     table: str,
     *,
     columns: Mapping[str, Collection[str]],
-    key: str,
+    key: str | Sequence[str],
     create: str | None,
     name_option: str = "table",
     create_option: str = "create_table",
@@ -107,7 +107,8 @@ def find_table(
     Args:
         columns: Each column the backend needs, with the affinities it accepts.
         key: The column that must have a unique index of its own (or be the table's
-            ``INTEGER PRIMARY KEY``, the rowid).
+            ``INTEGER PRIMARY KEY``, the rowid), or the columns that must have one
+            together (in any order).
         create: ``CREATE TABLE IF NOT EXISTS {table} (...)`` with ``{table}`` to fill in,
             or ``None`` to require an existing table.
         name_option, create_option: The backend's options that name the table and
@@ -128,12 +129,13 @@ def find_table(
         conn.execute(create.format(table=quoted))
         info = conn.execute(f"PRAGMA table_info({quoted})").fetchall()
     have = {str(row[1]): affinity(str(row[2])) for row in info}
+    keys = sorted([key] if isinstance(key, str) else key)
     # An INTEGER PRIMARY KEY is the rowid itself, unique without an index of its own.
     primary = [(str(row[1]), str(row[2]).upper()) for row in info if row[5]]
-    keyed = primary == [(key, "INTEGER")]
+    keyed = primary == [(keys[0], "INTEGER")] and len(keys) == 1
     for index in conn.execute(f"PRAGMA index_list({quoted})").fetchall():
         unique, partial = index[2], index[4]
         if unique and not partial:
             names = [row[2] for row in conn.execute(f'PRAGMA index_info("{index[1]}")')]
-            keyed = keyed or names == [key]
+            keyed = keyed or sorted(names) == keys
     check_shape(table, have, columns, key, keyed, option=name_option)

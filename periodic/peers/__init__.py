@@ -5,7 +5,8 @@
 one host) and :class:`PostgresPeer` (many hosts; needs ``trio-periodic[postgres]``).
 A database peer whose configuration cannot work fails its ``serve`` with
 :class:`DatabaseConfigError`; :class:`Fault` is how a :class:`LeaseBackend` says how
-lasting an error is.
+lasting an error is. An :class:`Election` is what ``read_elections`` of
+:mod:`periodic.peers.sqlite` and :mod:`periodic.peers.postgres` find in a database.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .._db import Fault as Fault
 from ._base import LocalPeer as LocalPeer
 from ._base import Peer as Peer
 from ._base import PeerBase as PeerBase
+from ._lease import Election as Election
 from ._lease import LeaseBackend as LeaseBackend
 from ._lease import LeasePeer as LeasePeer
 
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DatabaseConfigError",
+    "Election",
     "Fault",
     "LeaseBackend",
     "LeasePeer",

@@ -8,19 +8,21 @@ expiry of the lease on the monotonic clock, and the hand-over on the way out.
 from __future__ import annotations
 
 import abc
+import datetime
 import logging
 import math
 import random
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+import attrs
 import trio
 
 from .. import _telemetry
-from .._db import DatabaseConfigError, FailureStreak, Fault
+from .._db import DatabaseConfigError, FailureStreak, Fault, table_name
 from ._base import PeerBase
 
 _log = logging.getLogger("periodic")
@@ -44,10 +46,17 @@ class LeaseBackend(abc.ABC):
       expired, or renew it when ``node`` holds it. The epoch grows by one whenever the
       holder changes and never otherwise (also not when a row is released);
     * expiry is computed and compared on the database's clock, never the node's.
+
+    A backend that keeps members (:attr:`membership`) also keeps one row per member of
+    an election, with its own expiry, and implements :meth:`elect`, :meth:`members` and
+    :meth:`leave`: that is what a peer's ``quorum`` needs.
     """
 
     #: Whether :meth:`wait_released` can wake a follower early.
     notifies: bool = False
+    #: Whether the backend keeps members (:meth:`elect`, :meth:`members`, :meth:`leave`);
+    #: a :class:`LeasePeer` takes a ``quorum`` above 1 only then.
+    membership: bool = False
 
     @abc.abstractmethod
     def acquire(self, name: str, node: str, ttl: float) -> tuple[str, int] | None:
@@ -61,6 +70,40 @@ class LeaseBackend(abc.ABC):
     @abc.abstractmethod
     def release(self, name: str, node: str) -> None:
         """Expire the lease now if ``node`` holds it, keeping the epoch, and tell others."""
+
+    def elect(
+        self, name: str, node: str, ttl: float, *, member: str, quorum: int
+    ) -> tuple[tuple[str, int] | None, int | None]:
+        """One round of the election, with its membership, in one transaction.
+
+        Keeps the row of ``member`` (the node's name, without the token of ``node``)
+        alive for ``ttl`` seconds on the database's clock, counts the live members of
+        the election, itself included, and only when there are at least ``quorum`` does
+        what :meth:`acquire` does. The peer calls this, not :meth:`acquire`; the default
+        (a backend without :attr:`membership`) acquires and counts nobody.
+
+        Returns:
+            The holder and epoch of the lease row afterwards (as :meth:`acquire` says
+            them; read, not taken, below the quorum), and the number of live members,
+            or ``None`` when the backend does not know it (then the peer leads only
+            with ``quorum=1``).
+        """
+        return self.acquire(name, node, ttl), None
+
+    def members(self, name: str) -> list[str]:
+        """The live members of the election ``name``, by node name, sorted.
+
+        Raises:
+            NotImplementedError: The backend keeps no members (the default).
+        """
+        raise NotImplementedError(f"{type(self).__name__} keeps no members")
+
+    def leave(self, name: str, member: str) -> None:
+        """Delete the row of ``member`` in the election ``name``: it stops now.
+
+        The default does nothing.
+        """
+        return
 
     def set_call_timeout(self, seconds: float) -> None:
         """Learn how long the peer lets one call take, to bound waits of the backend's
@@ -115,6 +158,11 @@ class LeasePeer(PeerBase):
             0 <= margin < ttl / 2.
         call_timeout: Seconds one database call may take before it counts as failed;
             default ``ttl / 4``; less than ``ttl - margin``.
+        quorum: How many members of the election, this one included, must be alive
+            for it to lead (an int >= 1; default 1). Above 1 it needs a backend that
+            keeps members (:attr:`LeaseBackend.membership`). Below the quorum the
+            peer neither takes nor renews the lease: a leader steps down at its next
+            renewal, with the reason ``"quorum_lost"``.
 
     Raises:
         TypeError, ValueError: An option is out of range.
@@ -135,8 +183,15 @@ class LeasePeer(PeerBase):
         node: str | None = None,
         margin: float | None = None,
         call_timeout: float | None = None,
+        quorum: int = 1,
     ) -> None:
         super().__init__(name=name, node=node)
+        self._quorum = _quorum(quorum)
+        if self._quorum > 1 and not backend.membership:
+            raise ValueError(
+                f"quorum must be 1 with {type(backend).__name__}: it keeps no members "
+                f"(LeaseBackend.membership), got {quorum!r}"
+            )
         self._ttl = _seconds("ttl", ttl)
         if not self.MIN_TTL <= self._ttl <= self.MAX_TTL:
             raise ValueError(
@@ -171,11 +226,45 @@ class LeasePeer(PeerBase):
         # suspended (Trio's monotonic clock stops then).
         self._boot_until = -math.inf
         self._draining = False
+        # Whether the last round counted fewer live members than the quorum.
+        self._short: bool | None = None
 
     @property
     def ttl(self) -> float:
         """The lease length in seconds."""
         return self._ttl
+
+    @property
+    def quorum(self) -> int:
+        """How many live members of the election it takes for this peer to lead."""
+        return self._quorum
+
+    async def members(self) -> list[str]:
+        """The nodes of the live members of this peer's election, sorted.
+
+        A member is a peer serving the election (this one too, while it is served)
+        whose membership row has not expired, on the database's clock: each round of
+        the election renews it for ``ttl``; a clean stop deletes it; a process that
+        dies leaves it until it expires.
+
+        Raises:
+            NotImplementedError: The backend keeps no members.
+            trio.TooSlowError: The call took longer than ``call_timeout``.
+            Exception: What the database driver raised (the database is unreachable,
+                the members table is missing and ``create_table=False``, …).
+        """
+        if not self._backend.membership:
+            raise NotImplementedError(f"{type(self._backend).__name__} keeps no members")
+        if self._served:
+            return await self._call(self._backend.members, self._name)
+        return await self._call(self._members_unserved)
+
+    def _members_unserved(self) -> list[str]:
+        # Not served: nobody else closes the connection this call opens.
+        try:
+            return self._backend.members(self._name)
+        finally:
+            self._backend.close()
 
     def lease_deadline(self) -> float:
         return self._lease_until if self.is_leader() else -math.inf
@@ -207,6 +296,7 @@ class LeasePeer(PeerBase):
         self._draining = False
         self._succeeded = False
         self._failures = FailureStreak()
+        self._short = None
         fatal: DatabaseConfigError | None = None
         try:
             async with trio.open_nursery() as nursery:
@@ -234,10 +324,13 @@ class LeasePeer(PeerBase):
         with trio.fail_after(self._call_timeout):
             return await self._in_thread(fn, *args)
 
-    async def _acquire(self) -> tuple[str, int] | None:
-        attempt = _Attempt(self._backend, self._name, self._claim, self._ttl, self._node)
+    async def _acquire(self) -> tuple[tuple[str, int] | None, int | None]:
+        """One round: the lease row afterwards, and the live members counted."""
+        attempt = _Attempt(
+            self._backend, self._name, self._claim, self._ttl, self._node, self._quorum
+        )
         try:
-            return await self._call(attempt.run)
+            return await self._call(attempt.run), attempt.alive
         except BaseException as exc:
             finished, row = attempt.abandon()
             if not finished:
@@ -246,7 +339,7 @@ class LeasePeer(PeerBase):
             if row is not None and row[0] == self._claim:
                 self._held = True
             if isinstance(exc, trio.TooSlowError):
-                return row
+                return row, attempt.alive
             raise
 
     async def _elect_forever(self) -> None:
@@ -255,7 +348,7 @@ class LeasePeer(PeerBase):
             sent = trio.current_time()
             boot_sent = _boot_clock()
             try:
-                row = await self._acquire()
+                row, alive = await self._acquire()
             except Exception as exc:
                 _telemetry.record_election(self._name, "error")
                 await self._failed(exc)
@@ -268,9 +361,17 @@ class LeasePeer(PeerBase):
                     self._name,
                     self._failures.succeeded(),
                 )
-            leading = row is not None and row[0] == self._claim
-            _telemetry.record_election(self._name, "leader" if leading else "follower")
-            self._held = leading
+            # A backend that does not count members leads only a quorum of one.
+            short = (1 if alive is None else alive) < self._quorum
+            self._note_quorum(short, alive)
+            mine = row is not None and row[0] == self._claim
+            # Below the quorum the lease was only read, not renewed: a row that names
+            # this node is no lease of it.
+            leading = mine and not short
+            _telemetry.record_election(
+                self._name, "leader" if leading else "no_quorum" if short else "follower"
+            )
+            self._held = mine
             if (
                 row is not None
                 and leading
@@ -288,10 +389,44 @@ class LeasePeer(PeerBase):
                 self._renewed = trio.Event()
                 await trio.sleep_until(sent + half)
             else:
-                holder = None if row is None else _node_of(row[0])
+                holder = None if row is None else node_of(row[0])
                 self._lease_until = -math.inf
-                self._set_follower(holder, f"{holder!r} holds the lease" if holder else "lost")
+                if short:
+                    self._set_follower(None if mine else holder, "quorum_lost")
+                else:
+                    self._set_follower(holder, f"{holder!r} holds the lease" if holder else "lost")
                 await self._wait_retry(half * random.uniform(0.75, 1.0))
+
+    def _note_quorum(self, short: bool, alive: int | None) -> None:
+        """Log when the election falls below its quorum, and when it is back."""
+        was, self._short = self._short, short
+        if short == was or (not short and was is None):
+            return
+        extra = {
+            "periodic_peer": self._name,
+            "periodic_node": self._node,
+            "periodic_members": alive,
+            "periodic_quorum": self._quorum,
+        }
+        if short:
+            _log.info(
+                "peer %r: election %r has %s of the %d live members it needs: "
+                "nobody leads it until more serve it",
+                self._node,
+                self._name,
+                alive,
+                self._quorum,
+                extra=extra,
+            )
+        else:
+            _log.info(
+                "peer %r: election %r has its quorum: %s of %d live members",
+                self._node,
+                self._name,
+                alive,
+                self._quorum,
+                extra=extra,
+            )
 
     def _fault(self, exc: Exception) -> Fault:
         try:
@@ -396,6 +531,19 @@ class LeasePeer(PeerBase):
             self._boot_until = -math.inf
             self._end_serving("stopped")
             try:
+                # Leave first: a follower woken by the release must not count this
+                # node as alive, and take a lease its quorum no longer allows.
+                if self._backend.membership:
+                    try:
+                        await self._call(self._backend.leave, self._name, self._node)
+                    except Exception as exc:
+                        _log.warning(
+                            "peer %r: could not leave the members of %r on the way out "
+                            "(its row expires by itself): %r",
+                            self._node,
+                            self._name,
+                            exc,
+                        )
                 if may_hold:
                     try:  # bounded by call_timeout, like every call
                         await self._call(self._backend.release, self._name, self._claim)
@@ -449,25 +597,34 @@ class _Attempt:
     the peer's one thread slot until they return).
     """
 
-    def __init__(self, backend: LeaseBackend, name: str, claim: str, ttl: float, node: str):
+    def __init__(
+        self, backend: LeaseBackend, name: str, claim: str, ttl: float, node: str, quorum: int
+    ):
         self._backend = backend
         self._name = name
         self._claim = claim
         self._ttl = ttl
         self._node = node
+        self._quorum = quorum
         self._lock = threading.Lock()
         self._abandoned = False
         self._finished = False
         self._row: tuple[str, int] | None = None
+        #: The live members the round counted, once it has (``None``: not known).
+        self.alive: int | None = None
 
     def run(self) -> tuple[str, int] | None:
-        """In the worker thread: acquire, then release a win nobody waits for."""
-        row = self._backend.acquire(self._name, self._claim, self._ttl)
+        """In the worker thread: one round, then release a win nobody waits for."""
+        row, alive = self._backend.elect(
+            self._name, self._claim, self._ttl, member=self._node, quorum=self._quorum
+        )
+        won = row is not None and row[0] == self._claim
+        won = won and (1 if alive is None else alive) >= self._quorum
         with self._lock:
             if not self._abandoned:
-                self._finished, self._row = True, row
+                self._finished, self._row, self.alive = True, row, alive
                 return row
-        if row is not None and row[0] == self._claim:
+        if won:
             try:
                 self._backend.release(self._name, self._claim)
             except Exception as exc:
@@ -495,7 +652,73 @@ class _Attempt:
             return self._finished, self._row
 
 
-def _node_of(claim: str) -> str:
+@attrs.frozen
+class Election:
+    """An election as its database holds it, read by ``read_elections`` of
+    :mod:`periodic.peers.sqlite` or :mod:`periodic.peers.postgres`.
+
+    Attributes:
+        name: The election's name (the peers' ``name``).
+        leader: The node that holds the lease, or ``None`` when nobody does (it has
+            expired, or was released).
+        fence: The lease's epoch: the fence of the leader, or of the last one when
+            nobody leads now; ``None`` when the election has no lease row yet.
+        expires_at: When the lease ends (or ended), an aware datetime in UTC; ``None``
+            when the election has no lease row yet.
+        members: The nodes of its live members, sorted; empty when none are alive or
+            the members table does not exist.
+    """
+
+    name: str
+    leader: str | None
+    fence: int | None
+    expires_at: datetime.datetime | None
+    members: tuple[str, ...] = ()
+
+
+def gather_elections(
+    leases: Iterable[tuple[str, str, int, datetime.datetime, bool]],
+    alive: Iterable[tuple[str, str]],
+) -> list[Election]:
+    """The elections, by name, from the rows of a leases table ``(name, holder, epoch,
+    expires_at, held now)`` and of its members table ``(election, node)`` (live ones)."""
+    nodes: dict[str, list[str]] = {}
+    for election, node in alive:
+        nodes.setdefault(election, []).append(node)
+    found = {
+        name: Election(
+            name=name,
+            leader=node_of(holder) if held else None,
+            fence=epoch,
+            expires_at=expires_at.astimezone(datetime.timezone.utc),
+            members=tuple(sorted(nodes.get(name, ()))),
+        )
+        for name, holder, epoch, expires_at, held in leases
+    }
+    for election, members in nodes.items():
+        if election not in found:  # members below their quorum, and no lease yet
+            found[election] = Election(
+                name=election,
+                leader=None,
+                fence=None,
+                expires_at=None,
+                members=tuple(sorted(members)),
+            )
+    return [found[name] for name in sorted(found)]
+
+
+def members_table(table: str) -> str | None:
+    """The name of the members table beside the leases table ``table`` (``schema.`` kept):
+    ``<table>_members``, or ``None`` when that is too long to be an identifier."""
+    schema, dot, name = table.rpartition(".")
+    try:
+        members = table_name(f"{name}_members", qualified=False).name
+    except ValueError:
+        return None
+    return f"{schema}{dot}{members}"
+
+
+def node_of(claim: str) -> str:
     """The node name in a holder's claim ``node/token``."""
     return claim.rpartition("/")[0] or claim
 
@@ -506,6 +729,14 @@ def _boot_clock() -> float:
 
 # CLOCK_BOOTTIME runs on during a suspend (Linux); elsewhere, the monotonic clock.
 _BOOT_CLOCK = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+
+
+def _quorum(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"quorum must be an int >= 1 (members alive to lead), got {value!r}")
+    if value < 1:
+        raise ValueError(f"quorum must be an int >= 1 (members alive to lead), got {value!r}")
+    return value
 
 
 def _seconds(option: str, value: Any) -> float:

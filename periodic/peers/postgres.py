@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
-from psycopg import sql
+import trio
+from psycopg import errors, sql
 from psycopg.rows import TupleRow
 
-from .._db import Fault, TableName, table_name
+from .._db import DatabaseConfigError, Fault, TableName, table_name
 from .._db import postgres as db
-from ._lease import LeaseBackend, LeasePeer
+from ._lease import Election, LeaseBackend, LeasePeer, gather_elections, members_table
 
-__all__ = ["PostgresPeer"]
+__all__ = ["PostgresPeer", "read_elections"]
 
 T = TypeVar("T")
 _log = logging.getLogger("periodic")
@@ -55,6 +57,59 @@ UNION ALL
 SELECT node, epoch, false FROM {table}
 WHERE name = %(name)s AND NOT EXISTS (SELECT FROM upserted)"""
 
+# One row per live member of an election, beside the leases: <table>_members.
+_CREATE_MEMBERS = """
+CREATE TABLE IF NOT EXISTS {table} (
+    election text NOT NULL,
+    node text NOT NULL,
+    expires_at timestamptz NOT NULL,
+    PRIMARY KEY (election, node)
+)"""
+_MEMBER_COLUMNS = {
+    "election": ("text", "character varying"),
+    "node": ("text", "character varying"),
+    "expires_at": ("timestamp with time zone",),
+}
+_MEMBER_KEY = ("election", "node")
+
+# A round with members, in one statement (one round trip, as without them): sweep the
+# election's dead members, keep ours alive, count the live ones, and only with enough
+# of them do what _ACQUIRE does. The sub-statements share one snapshot, which does not
+# show our own row: the count is of the others, plus one. Always one row back: the count,
+# and the lease row (NULLs when there is none in the snapshot).
+_ELECT = """
+WITH swept AS (
+    DELETE FROM {members}
+    WHERE election = %(name)s AND node <> %(member)s AND expires_at <= now()
+), kept AS (
+    INSERT INTO {members} AS m (election, node, expires_at)
+    VALUES (%(name)s, %(member)s, now() + make_interval(secs => %(ttl)s))
+    ON CONFLICT (election, node) DO UPDATE SET expires_at = EXCLUDED.expires_at
+), alive AS (
+    SELECT 1 + count(*) AS n FROM {members}
+    WHERE election = %(name)s AND node <> %(member)s AND expires_at > now()
+), upserted AS (
+    INSERT INTO {table} AS t (name, node, epoch, expires_at)
+    SELECT %(name)s, %(node)s, 1, now() + make_interval(secs => %(ttl)s)
+    FROM alive WHERE alive.n >= %(quorum)s
+    ON CONFLICT (name) DO UPDATE SET
+        epoch = CASE WHEN t.node = EXCLUDED.node THEN t.epoch ELSE t.epoch + 1 END,
+        node = EXCLUDED.node,
+        expires_at = EXCLUDED.expires_at
+    WHERE t.node = EXCLUDED.node OR t.expires_at <= now()
+    RETURNING t.node, t.epoch
+)
+SELECT alive.n, lease.node, lease.epoch, lease.written FROM alive LEFT JOIN (
+    SELECT node, epoch, true AS written FROM upserted
+    UNION ALL
+    SELECT node, epoch, false FROM {table}
+    WHERE name = %(name)s AND NOT EXISTS (SELECT FROM upserted)
+) AS lease ON true"""
+_MEMBERS = """
+SELECT node FROM {members} WHERE election = %(name)s AND expires_at > now()"""
+_LEAVE = """
+DELETE FROM {members} WHERE election = %(name)s AND node = %(member)s"""
+
 # Expire rather than delete: the row keeps its epoch, so fences never go back.
 _RELEASE = """
 WITH released AS (
@@ -81,6 +136,7 @@ class _PostgresBackend(LeaseBackend):
     connection. Needs psycopg >= 3.2 (``Connection.notifies(timeout=...)``)."""
 
     notifies = True
+    membership = True
 
     def __init__(self, dsn: str, table: str | TableName, create_table: bool) -> None:
         self._params, self._scrubber = db.parse_dsn(dsn)
@@ -93,6 +149,13 @@ class _PostgresBackend(LeaseBackend):
         self._acquire_sql: sql.Composed | None = None
         self._release_sql: sql.Composed | None = None
         self._channel: str | None = None
+        # The members table, beside the leases in their schema, once found. False: a
+        # quorum of one goes on without it (it cannot be made or used).
+        self._members_name = members_table(self._table.name)
+        self._membership: bool | None = None
+        self._elect_sql: sql.Composed | None = None
+        self._members_sql: sql.Composed | None = None
+        self._leave_sql: sql.Composed | None = None
         self._main = db.Link(self._connect)
         self._listener = db.Link(self._connect_listening)
         self.set_call_timeout(5.0)
@@ -163,6 +226,30 @@ class _PostgresBackend(LeaseBackend):
             extra={"periodic_table": f"{schema}.{name}"},
         )
 
+    def _find_members(self, conn: db.Connection) -> None:
+        self._find_table(conn)
+        if self._membership:
+            return
+        assert self._qualified is not None
+        schema, name = self._qualified
+        if self._members_name is None:
+            raise DatabaseConfigError(
+                f"table {schema}.{name} leaves no room for its members table "
+                f"({name}_members is longer than 63 characters)"
+            )
+        _, members = db.find_table(
+            conn,
+            TableName(schema, self._members_name),
+            columns=_MEMBER_COLUMNS,
+            key=_MEMBER_KEY,
+            create=_CREATE_MEMBERS if self._create_table else None,
+        )
+        names = {"table": sql.Identifier(schema, name), "members": sql.Identifier(schema, members)}
+        self._elect_sql = sql.SQL(_ELECT).format(**names)
+        self._members_sql = sql.SQL(_MEMBERS).format(**names)
+        self._leave_sql = sql.SQL(_LEAVE).format(**names)
+        self._membership = True
+
     # -- LeaseBackend ---------------------------------------------------------------------
 
     def acquire(self, name: str, node: str, ttl: float) -> tuple[str, int] | None:
@@ -179,6 +266,64 @@ class _PostgresBackend(LeaseBackend):
         if not written and holder == node:
             return None  # an old snapshot of our own row: we did not get the lease
         return str(holder), int(epoch)
+
+    def elect(
+        self, name: str, node: str, ttl: float, *, member: str, quorum: int
+    ) -> tuple[tuple[str, int] | None, int | None]:
+        def statement(conn: db.Connection) -> TupleRow:
+            self._find_members(conn)
+            assert self._elect_sql is not None
+            params = {"name": name, "node": node, "ttl": ttl, "member": member, "quorum": quorum}
+            row = conn.execute(self._elect_sql, params).fetchone()
+            assert row is not None  # one row, always
+            return row
+
+        error: Exception | None = None
+        if self._membership is not False:
+            try:
+                alive, holder, epoch, written = self._run(self._main, statement)
+            except Exception as exc:
+                # A quorum of one needs no members: go on without them, if the lease
+                # itself works, rather than stop an election that worked before.
+                if quorum > 1 or db.fault(exc) is Fault.TRANSIENT:
+                    raise
+                error = exc
+            else:
+                if holder is None:
+                    return None, int(alive)  # no row, or a concurrent insert: unknown
+                if not written and holder == node and int(alive) >= quorum:
+                    return None, int(alive)  # an old snapshot of our own row (see _ACQUIRE)
+                return (str(holder), int(epoch)), int(alive)
+        row = self.acquire(name, node, ttl)
+        if error is not None:
+            self._membership = False
+            _log.info(
+                "PostgreSQL election %r at %s records no members (quorum=1 needs none; "
+                "periodic status shows none): %s",
+                name,
+                self.describe(),
+                error,
+            )
+        return row, None
+
+    def members(self, name: str) -> list[str]:
+        def statement(conn: db.Connection) -> list[str]:
+            self._find_members(conn)
+            assert self._members_sql is not None
+            rows = conn.execute(self._members_sql, {"name": name}).fetchall()
+            return sorted(str(row[0]) for row in rows)
+
+        return self._run(self._main, statement)
+
+    def leave(self, name: str, member: str) -> None:
+        if not self._membership:
+            return  # no row was written
+
+        def statement(conn: db.Connection) -> None:
+            assert self._leave_sql is not None
+            conn.execute(self._leave_sql, {"name": name, "member": member})
+
+        self._run(self._main, statement)
 
     def release(self, name: str, node: str) -> None:
         def statement(conn: db.Connection) -> None:
@@ -207,6 +352,8 @@ class _PostgresBackend(LeaseBackend):
     def close(self) -> None:
         self._main.close(self._timeout)
         self._listener.close(self._timeout)
+        if self._membership is False:
+            self._membership = None  # look again at the next serve
 
 
 class PostgresPeer(LeasePeer):
@@ -244,6 +391,14 @@ class PostgresPeer(LeasePeer):
 
     where ``fence`` is ``current_run().fence`` (or :attr:`fence`) when the run started.
 
+    Each round of the election also keeps this peer's row in the members table
+    (``<table>_members``, in the same schema, made like the leases table) alive for
+    ``ttl``, in the same statement; the peer leads only while at least ``quorum``
+    members are alive, itself included. With ``quorum=1`` the members are only recorded
+    (for :meth:`members` and :func:`read_elections`), and a members table that cannot be
+    made or used (a role without ``CREATE`` on the schema) is logged at INFO and done
+    without.
+
     Every call is bounded by ``call_timeout``: a ``statement_timeout``, a
     ``connect_timeout``, TCP keepalives and ``tcp_user_timeout`` are set on the
     connections (the DSN's own values win). The DSN's password never appears in the
@@ -266,6 +421,7 @@ class PostgresPeer(LeasePeer):
         create_table: Create the table on first use if it is missing (default ``True``).
         margin: Seconds the local belief ends before the lease (default ``ttl / 10``).
         call_timeout: Seconds one database call may take (default ``ttl / 4``).
+        quorum: Live members the election needs for anyone to lead (default 1).
 
     Raises:
         TypeError, ValueError: An option is invalid (named in the message), or ``dsn``
@@ -283,15 +439,28 @@ class PostgresPeer(LeasePeer):
         create_table: bool = True,
         margin: float | None = None,
         call_timeout: float | None = None,
+        quorum: int = 1,
     ) -> None:
         if not isinstance(dsn, str):
             raise TypeError(f"dsn must be a str, got {type(dsn).__name__}")
         if not isinstance(create_table, bool):
             raise TypeError(f"create_table must be a bool, got {create_table!r}")
-        backend = _PostgresBackend(dsn, table_name(table, qualified=True), create_table)
+        qualified = table_name(table, qualified=True)
+        backend = _PostgresBackend(dsn, qualified, create_table)
         super().__init__(
-            backend, name=name, ttl=ttl, node=node, margin=margin, call_timeout=call_timeout
+            backend,
+            name=name,
+            ttl=ttl,
+            node=node,
+            margin=margin,
+            call_timeout=call_timeout,
+            quorum=quorum,
         )
+        if self.quorum > 1 and members_table(qualified.name) is None:
+            raise ValueError(
+                f"table must leave room for its members table (<table>_members, at most 63 "
+                f"characters) with quorum > 1, got {table!r}"
+            )
         self._where = backend.describe()
         self._table = table
 
@@ -306,3 +475,102 @@ class PostgresPeer(LeasePeer):
             f"<PostgresPeer {self._name!r} db={self._where!r} table={self._table!r} "
             f"node={self._node!r} {state}>"
         )
+
+
+# -- reading the elections from outside --------------------------------------------------------
+
+#: Seconds the reader's connection and statements may take.
+_READ_TIMEOUT = 10.0
+
+_READ_LEASES = """
+SELECT name, node, epoch, expires_at, expires_at > now() FROM {table}"""
+_READ_MEMBERS = """
+SELECT election, node FROM {members} WHERE expires_at > now()"""
+
+
+async def read_elections(dsn: str, *, table: str = "periodic_peers") -> list[Election]:
+    """The elections kept in PostgreSQL, as they are now, without a peer.
+
+    Finds the leases table as the peers do (through the ``search_path`` when ``table``
+    is not qualified) and its members table beside it, and reads both in one
+    transaction, on the server's clock; creates nothing. Every step is bounded by about
+    10 s; the DSN's password never appears in what it raises.
+
+    Args:
+        dsn: A libpq connection string or URI, as the peers are given.
+        table: The peers' ``table`` option.
+
+    Returns:
+        One :class:`~periodic.peers.Election` per election found (a lease row, or live
+        members), by name; empty when the leases table does not exist.
+
+    Raises:
+        TypeError, ValueError: ``dsn`` or ``table`` is invalid.
+        DatabaseConfigError: What cannot heal: authentication failed, an unknown
+            database or role, a table of the wrong shape.
+        psycopg.Error: The server could not be reached or refused the read (a missing
+            grant, a time-out).
+    """
+    if not isinstance(dsn, str):
+        raise TypeError(f"dsn must be a str, got {type(dsn).__name__}")
+    params, scrubber = db.parse_dsn(dsn)
+    qualified = table_name(table, qualified=True)
+    read = functools.partial(_read_elections, dsn, params, scrubber, qualified)
+    return await trio.to_thread.run_sync(read, abandon_on_cancel=True)
+
+
+def _read_elections(
+    dsn: str, params: Mapping[str, Any], scrubber: db.Scrubber, table: TableName
+) -> list[Election]:
+    info, statement_timeout = db.conninfo(
+        dsn, params, _READ_TIMEOUT, application_name="periodic-status"
+    )
+    try:
+        with db.connect(info, statement_timeout) as conn:
+            return _read(conn, table)
+    except Exception as exc:
+        error = scrubber.error(exc)
+    # Outside the except block: the original may name the password.
+    if db.fault(error) is Fault.FATAL and not isinstance(error, DatabaseConfigError):
+        where = db.describe(params, scrubber)
+        raise DatabaseConfigError(
+            f"cannot read the elections at {where} as configured ({type(error).__name__}): {error}"
+        ) from error
+    raise error
+
+
+def _read(conn: db.Connection, table: TableName) -> list[Election]:
+    try:
+        schema, name = db.find_table(conn, table, columns=_COLUMNS, key="name", create=None)
+    except errors.UndefinedTable:
+        return []
+    members = members_table(name)
+    if members is not None:
+        try:
+            db.find_table(
+                conn,
+                TableName(schema, members),
+                columns=_MEMBER_COLUMNS,
+                key=_MEMBER_KEY,
+                create=None,
+            )
+        except errors.UndefinedTable:
+            members = None
+    with conn.transaction():  # one snapshot's now() for both
+        leases = conn.execute(
+            sql.SQL(_READ_LEASES).format(table=sql.Identifier(schema, name))
+        ).fetchall()
+        alive = (
+            []
+            if members is None
+            else conn.execute(
+                sql.SQL(_READ_MEMBERS).format(members=sql.Identifier(schema, members))
+            ).fetchall()
+        )
+    return gather_elections(
+        (
+            (str(election), str(node), int(epoch), ends, bool(held))
+            for election, node, epoch, ends, held in leases
+        ),
+        ((str(election), str(node)) for election, node in alive),
+    )
