@@ -317,12 +317,12 @@ def test_history_is_a_table_of_the_latest_runs(jobs: Backend) -> None:
     match_lines(
         done.stdout,
         [
-            "SLOT                  OUTCOME  DURATION  FINISHED    NODE   FENCE",
-            f"{shown(T0 + 3 * DAY)}  error    2.00s     <ago>  web-2  -",
+            "SLOT                  OUTCOME  TOOK   ENDED       NODE   FENCE",
+            f"{shown(T0 + 3 * DAY)}  error    2.00s  <ago>  web-2  -",
             "  ValueError: boom",
-            f"{shown(T0 + 2 * DAY)}  error    2.00s     <ago>  web-2  -",
+            f"{shown(T0 + 2 * DAY)}  error    2.00s  <ago>  web-2  -",
             "  ValueError: boom",
-            f"{shown(T0 + 1 * DAY)}  error    2.00s     <ago>  web-2  -",
+            f"{shown(T0 + 1 * DAY)}  error    2.00s  <ago>  web-2  -",
             "  ValueError: boom",
         ],
     )
@@ -330,8 +330,8 @@ def test_history_is_a_table_of_the_latest_runs(jobs: Backend) -> None:
     match_lines(
         done.stdout,
         [
-            "SLOT                  OUTCOME     DURATION  FINISHED  NODE   FENCE",
-            f"{shown(at(3600))}  unfinished  -         -         web-1  8",
+            "SLOT                  OUTCOME     TOOK  ENDED  NODE   FENCE",
+            f"{shown(at(3600))}  unfinished  -     -      web-1  8",
         ],
     )
     done = cli("history", *jobs.args, "poll")

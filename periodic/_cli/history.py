@@ -37,7 +37,7 @@ def render_history(name: str, runs: list[RunRecord], *, now: datetime.datetime) 
     followed by the first line of its error."""
     if not runs:
         return [f"no runs of {name} yet"]
-    header = ("SLOT", "OUTCOME", "DURATION", "FINISHED", "NODE", "FENCE")
+    header = ("SLOT", "OUTCOME", "TOOK", "ENDED", "NODE", "FENCE")
     rows = [
         (
             when(run.slot),
