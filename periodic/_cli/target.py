@@ -129,12 +129,12 @@ class Target:
         if self.postgres:
             from ..peers import postgres as pg_peers
 
-            read = pg_peers.read_elections  # type: ignore[attr-defined]  # issue 15 store API
-            return list(await read(self.text, table=table))
+            read_pg = pg_peers.read_elections  # type: ignore[attr-defined]  # issue 15 store API
+            return list(await read_pg(self.text, table=table))
         from ..peers import sqlite as sqlite_peers
 
-        read = sqlite_peers.read_elections  # type: ignore[attr-defined]  # issue 15 store API
-        return list(await read(self.shown, table=table))
+        read_sqlite = sqlite_peers.read_elections  # type: ignore[attr-defined]  # issue 15 store API
+        return list(await read_sqlite(self.shown, table=table))
 
 
 def _election_view(election: Any) -> ElectionView:
