@@ -14,8 +14,8 @@ from typing import Any, Protocol
 import trio
 
 from .._db import DatabaseConfigError
-from .._reminders import Reminders
 from .._scheduler import Periodic
+from ..reminders import Reminders
 from ..stores import Store
 from .target import Target
 from .text import CommandError, one_line
