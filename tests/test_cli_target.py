@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from periodic._cli import main
 from periodic._cli.target import OPEN_TIMEOUT, Target, with_store
 from periodic._cli.text import CommandError
 from periodic._db import Fault
@@ -121,3 +122,57 @@ def test_a_missing_sqlite_file_is_not_made(tmp_path: Path) -> None:
         found.store(create_tables=False)
     found.store(create_tables=True)  # for periodic run --store: made when served
     assert not (tmp_path / "nope.db").exists()
+
+
+class Steerable(MemoryStore):
+    """Records pause, resume and trigger, as a store of issue 15 takes them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, ...]] = []
+
+    def _known(self, name: str) -> None:
+        if name != "known":
+            raise LookupError(f"job {name!r} is not registered")
+
+    async def pause(self, name: str, *, note: str | None = None) -> None:
+        self._known(name)
+        self.calls.append(("pause", name, str(note)))
+
+    async def resume(self, name: str) -> None:
+        self._known(name)
+        self.calls.append(("resume", name))
+
+    async def trigger(self, name: str) -> None:
+        self._known(name)
+        self.calls.append(("trigger", name))
+
+
+def test_steering_a_job_through_the_store(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = Steerable()
+    monkeypatch.setattr(Target, "store", lambda self, *, create_tables: store)
+    assert main(["pause", "x.db", "known", "--note", "disk full"]) == 0
+    assert main(["pause", "x.db", "known"]) == 0
+    assert main(["resume", "x.db", "known"]) == 0
+    assert main(["trigger", "x.db", "known"]) == 0
+    assert capsys.readouterr().out == (
+        "paused known: disk full\n"
+        "paused known\n"
+        "resumed known\n"
+        "triggered known: a process serving it starts one run\n"
+    )
+    assert store.calls == [
+        ("pause", "known", "disk full"),
+        ("pause", "known", "None"),
+        ("resume", "known"),
+        ("trigger", "known"),
+    ]
+    for command in ("pause", "resume", "trigger"):
+        assert main([command, "x.db", "nope", "--table-prefix", "app_"]) == 1
+        where = os.path.abspath("x.db")
+        assert capsys.readouterr() == (
+            "",
+            f"periodic {command}: no job 'nope' in {where} (table prefix app_)\n",
+        )
