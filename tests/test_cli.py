@@ -24,19 +24,12 @@ import pytest
 import trio
 from cli_support import ROOT, Backend, backend, cli, env, match_lines, serve_store
 
-import periodic.peers
 from periodic.cron import next_fire_times
 from periodic.stores import Store
 
 __all__ = ["backend"]  # the fixture, imported for pytest to find
 
 UTC = datetime.timezone.utc
-# The stores' part of issue 15 (pause, resume, trigger, the operating fields of JobState).
-ISSUE15 = hasattr(Store, "pause")
-needs_store_api = pytest.mark.skipif(not ISSUE15, reason="store API of issue 15 not merged yet")
-needs_elections = pytest.mark.skipif(
-    not hasattr(periodic.peers, "Election"), reason="peers API of issue 15 not merged yet"
-)
 
 # Whole hours, a month ago: every time the tests store is in the past, and "ago" spans
 # are days long (one width).
@@ -133,13 +126,10 @@ def status_json(backend: Backend) -> dict[str, Any]:
     # The store's clock at the first registration: not this test's to choose.
     for job in result["jobs"]:
         registered = job.pop("registered_at")
-        if ISSUE15:
-            assert registered is not None
-            assert abs(
-                datetime.datetime.fromisoformat(registered) - datetime.datetime.now(UTC)
-            ) < (datetime.timedelta(minutes=5))
-        else:
-            assert registered is None
+        assert registered is not None
+        assert abs(datetime.datetime.fromisoformat(registered) - datetime.datetime.now(UTC)) < (
+            datetime.timedelta(minutes=5)
+        )
     return result
 
 
@@ -168,8 +158,7 @@ def test_status_json_is_what_the_store_knows_with_the_next_slots(jobs: Backend) 
             last_fence=7,
             last_started_at=iso(at(60)),
             last_finished_at=iso(at(61.5)),
-            # issue 15 store API: the stores keep last_ok_at; drop the condition once merged.
-            last_ok_at=iso(at(61.5)) if ISSUE15 else None,
+            last_ok_at=iso(at(61.5)),
         ),
         job_json(
             "nightly",
@@ -251,7 +240,6 @@ def test_status_without_cronsim_shows_a_cron_jobs_next_slot_as_unknown(
     assert (nightly["name"], nightly["next_slot"]) == ("nightly", None)
 
 
-@needs_elections
 def test_status_shows_the_elections_of_the_same_database(jobs: Backend) -> None:
     async def main() -> tuple[Any, int | None]:
         peer = jobs.peer("app", node="node-a", ttl=30)
@@ -368,7 +356,6 @@ def test_history_of_an_unknown_job_exits_1(jobs: Backend) -> None:
 # -- pause, resume, trigger ------------------------------------------------------------------
 
 
-@needs_store_api
 def test_pause_and_resume(jobs: Backend) -> None:
     done = cli("pause", *jobs.args, "nightly", "--note", "disk full")
     assert (done.returncode, done.stdout, done.stderr) == (0, "paused nightly: disk full\n", "")
@@ -395,7 +382,6 @@ def test_pause_and_resume(jobs: Backend) -> None:
     assert cli("check", *jobs.args).returncode == 1
 
 
-@needs_store_api
 def test_trigger_is_pending_until_taken(jobs: Backend) -> None:
     done = cli("trigger", *jobs.args, "cleanup")
     assert (done.returncode, done.stderr) == (0, "")
@@ -406,7 +392,6 @@ def test_trigger_is_pending_until_taken(jobs: Backend) -> None:
     match_lines(lines[head + 4], ["  trigger    requested <time> (<ago>), not taken yet"])
 
 
-@needs_store_api
 @pytest.mark.parametrize("command", ["pause", "resume", "trigger"])
 def test_steering_an_unknown_job_exits_1(jobs: Backend, command: str) -> None:
     done = cli(command, *jobs.args, "nope")
@@ -414,7 +399,6 @@ def test_steering_an_unknown_job_exits_1(jobs: Backend, command: str) -> None:
     assert done.stderr == f"periodic {command}: no job 'nope' in {jobs.where}\n"
 
 
-@needs_store_api
 def test_a_job_no_process_ran_ok_for_overdue_after_is_overdue(backend: Backend) -> None:
     async def register(store: Store) -> None:
         await store.register("late", schedule="every 60s", anchor=T0, overdue_after=1.0)

@@ -12,7 +12,7 @@ async def pause(store: Store, name: str, note: str | None) -> str:
     Raises:
         LookupError: The job is not in the store.
     """
-    await store.pause(name, note=note)  # type: ignore[attr-defined]  # issue 15 store API
+    await store.pause(name, note=note)
     return f"paused {name}" + ("" if note is None else f": {note}")
 
 
@@ -22,7 +22,7 @@ async def resume(store: Store, name: str) -> str:
     Raises:
         LookupError: The job is not in the store.
     """
-    await store.resume(name)  # type: ignore[attr-defined]  # issue 15 store API
+    await store.resume(name)
     return f"resumed {name}"
 
 
@@ -32,5 +32,5 @@ async def trigger(store: Store, name: str) -> str:
     Raises:
         LookupError: The job is not in the store.
     """
-    await store.trigger(name)  # type: ignore[attr-defined]  # issue 15 store API
+    await store.trigger(name)
     return f"triggered {name}: a process serving it starts one run"

@@ -15,11 +15,6 @@ from ..stores import JobState
 from .target import ElectionView
 from .text import UTC, iso, relative, span, when
 
-# issue 15 store API: JobState gains the fields of pausing, triggers and overdue jobs with
-# the stores' part of issue 15; until it is merged, a job reads as a JobState with their
-# defaults (not paused, never overdue). Drop this flag (and its use) once it is.
-_HAS_OPERATING_FIELDS = "paused" in attrs.fields_dict(JobState)
-
 
 @attrs.frozen(kw_only=True)
 class JobStatus:
@@ -103,9 +98,7 @@ def job_status(state: JobState, now: datetime.datetime) -> JobStatus:
 
 
 def _operating_fields(state: JobState) -> dict[str, Any]:
-    if not _HAS_OPERATING_FIELDS:
-        return {}
-    job: Any = state  # issue 15 store API: JobState has these fields once it is merged
+    job = state
     return {
         "paused": job.paused,
         "paused_at": job.paused_at,

@@ -10,7 +10,7 @@ import os
 import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import attrs
 import trio
@@ -27,10 +27,6 @@ T = TypeVar("T")
 OPEN_TIMEOUT = 20.0
 
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
-
-# issue 15 store API: read_elections arrives with the peers' part of issue 15; until it is
-# merged, status shows no elections. Drop this flag (and its use) once it is.
-_HAS_ELECTIONS = "Election" in peers.__all__
 
 
 @attrs.frozen(kw_only=True)
@@ -120,24 +116,20 @@ class Target:
     async def elections(self) -> list[ElectionView]:
         """The elections whose leases are in the table ``<table prefix>peers`` of the same
         database (the peers' default table, with the default prefix)."""
-        if not _HAS_ELECTIONS:
-            return []
         return [_election_view(found) for found in await self._read_elections()]
 
-    async def _read_elections(self) -> list[Any]:
+    async def _read_elections(self) -> list[peers.Election]:
         table = f"{self.table_prefix}peers"
         if self.postgres:
             from ..peers import postgres as pg_peers
 
-            read_pg = pg_peers.read_elections  # type: ignore[attr-defined]  # issue 15 store API
-            return list(await read_pg(self.text, table=table))
+            return list(await pg_peers.read_elections(self.text, table=table))
         from ..peers import sqlite as sqlite_peers
 
-        read_sqlite = sqlite_peers.read_elections  # type: ignore[attr-defined]  # issue 15 store API
-        return list(await read_sqlite(self.shown, table=table))
+        return list(await sqlite_peers.read_elections(self.shown, table=table))
 
 
-def _election_view(election: Any) -> ElectionView:
+def _election_view(election: peers.Election) -> ElectionView:
     return ElectionView(
         name=election.name,
         leader=election.leader,
