@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from store_support import Wall
 
 from periodic import Periodic, subscribe
 from periodic.events import (
@@ -23,7 +24,7 @@ from periodic.events import (
     Started,
 )
 from periodic.exceptions import JobNotStarted
-from periodic.stores import MemoryStore
+from periodic.stores import MemoryStore, Store
 from periodic.testing import LocalPeer, capture_events, serve_for, sync_tick
 
 
@@ -447,22 +448,20 @@ class SlowStore(MemoryStore):
         return await super().claim(name, **kwargs)
 
 
+def slow_job(store: Store, job: Job) -> Periodic:
+    return Periodic(
+        run=job, every=10, on_overlap="ignore", store=store, name="slow", wall_clock=Wall()
+    )
+
+
 async def test_a_trigger_and_a_tick_never_pass_the_overlap_guard_together(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     # The trigger passes the overlap guard at 9.5 and claims until 10.5. The tick due at
     # 10 waits for it, and then finds the triggered run going on.
-    wall_zero = datetime.datetime(2026, 5, 1, tzinfo=datetime.timezone.utc)
     store = SlowStore()
     job = Job(duration=5)
-    p = Periodic(
-        run=job,
-        every=10,
-        on_overlap="ignore",
-        store=store,
-        name="slow",
-        wall_clock=lambda: wall_zero + datetime.timedelta(seconds=trio.current_time()),
-    )
+    p = slow_job(store, job)
     with capture_events(p) as events:
         async with trio.open_nursery() as nursery:
             await nursery.start(store.serve)
@@ -483,17 +482,9 @@ async def test_a_trigger_waits_for_a_tick_being_claimed(
 ) -> None:
     # The tick due at 10 claims until 11; a trigger at 10.5 waits for it, and then finds
     # its run going on.
-    wall_zero = datetime.datetime(2026, 5, 1, tzinfo=datetime.timezone.utc)
     store = SlowStore()
     job = Job(duration=5)
-    p = Periodic(
-        run=job,
-        every=10,
-        on_overlap="ignore",
-        store=store,
-        name="slow",
-        wall_clock=lambda: wall_zero + datetime.timedelta(seconds=trio.current_time()),
-    )
+    p = slow_job(store, job)
     async with trio.open_nursery() as nursery:
         await nursery.start(store.serve)
         await nursery.start(p.serve)

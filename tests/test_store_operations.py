@@ -9,24 +9,12 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from store_support import T0, Wall
 
 from periodic import Periodic
 from periodic.events import Skipped, SkipReason, Started
 from periodic.stores import MemoryStore, Store
 from periodic.testing import LocalPeer, capture_events
-
-UTC = datetime.timezone.utc
-T0 = datetime.datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
-
-
-class Wall:
-    """A wall clock that follows Trio's clock, plus a shift (a process that was down)."""
-
-    def __init__(self) -> None:
-        self.shift = 0.0
-
-    def __call__(self) -> datetime.datetime:
-        return T0 + datetime.timedelta(seconds=trio.current_time() + self.shift)
 
 
 class Job:

@@ -9,25 +9,13 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from store_support import T0, UTC, Wall
 
 import periodic
 from periodic import Periodic, Retry
 from periodic.events import Event, Finished, Skipped, SkipReason, Started
 from periodic.stores import JobState, MemoryStore, RunRecord, Store
 from periodic.testing import LocalPeer, capture_events, manual, serve_for, sync_tick
-
-UTC = datetime.timezone.utc
-T0 = datetime.datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
-
-
-class Wall:
-    """A wall clock that follows Trio's clock, plus a shift (a process that was down)."""
-
-    def __init__(self) -> None:
-        self.shift = 0.0
-
-    def __call__(self) -> datetime.datetime:
-        return T0 + datetime.timedelta(seconds=trio.current_time() + self.shift)
 
 
 def at(seconds: float) -> datetime.datetime:
