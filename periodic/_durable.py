@@ -237,6 +237,8 @@ class Durable(Parts):
             return self._skip(SkipReason.STORE_ERROR, scheduled_at, error=exc)
         if key is None:
             return self._skip(SkipReason.CLAIMED, scheduled_at)
+        if self._state.overdue_alarm is not None:
+            self._claimed()
         recorder = functools.partial(self._record_end, store, key)
         run = self._runs.spawn(
             scheduled_at, fence, fire_time or slot, retry_until, recorder=recorder

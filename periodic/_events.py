@@ -236,6 +236,8 @@ class RecoveredBy(str, enum.Enum):
     PAUSED = "paused"
     #: The job stopped being served.
     STOPPED = "stopped"
+    #: This process stopped leading the job's election: the job is another's to run.
+    NOT_LEADER = "not_leader"
 
     def __str__(self) -> str:
         return self.value

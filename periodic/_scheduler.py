@@ -49,6 +49,8 @@ _log = logging.getLogger("periodic")
 
 # Jitter with cron= is at most this (seconds): its gaps are the user's concern below it.
 _MAX_CRON_JITTER = 3600.0
+# Skips that say the job is not this process's to run now: it cannot be overdue here.
+_NOT_MINE = frozenset({SkipReason.PAUSED, SkipReason.NOT_LEADER})
 # Skip reasons only a job with a store can have (its statistics show them).
 _STORE_REASONS = frozenset({SkipReason.CLAIMED, SkipReason.STORE_ERROR})
 
@@ -339,6 +341,7 @@ class Periodic(EventSource, Clocks, Durable):
                 self._runs.open(nursery)
                 state.tick_lock = trio.Lock()
                 state.nursery = nursery
+                state.trigger_refused = False
                 if store is not None and self.mode is Mode.AUTO:
                     unwatch = store.watch_triggers(self.name, self._store_triggered)
                     if record is not None and record.triggered_at is not None:
@@ -516,6 +519,31 @@ class Periodic(EventSource, Clocks, Durable):
         self._state.overdue = False
         emit(Recovered(job=self.name, reason=reason), self._runs.keys)
 
+    def _not_mine(self, reason: SkipReason) -> None:
+        """A tick found the job paused (here or in its store), or another process
+        leading: it cannot be overdue here. Paused, its count waits for a resume or a
+        claim granted again; a follower's starts afresh at each of its ticks."""
+        state = self._state
+        alarm = state.overdue_alarm
+        assert alarm is not None
+        if reason is SkipReason.PAUSED:
+            alarm.disarm()
+        else:
+            assert self.overdue_after is not None
+            state.overdue_from = now = trio.current_time()
+            alarm.arm(now + self.overdue_after)
+        if state.overdue:
+            self._recovered(
+                RecoveredBy.PAUSED if reason is SkipReason.PAUSED else RecoveredBy.NOT_LEADER
+            )
+
+    def _claimed(self) -> None:
+        """A claim was granted: a job paused in its store and resumed counts again."""
+        state = self._state
+        alarm = state.overdue_alarm
+        if alarm is not None and not alarm.armed and not state.overdue and not state.paused:
+            self._start_overdue_count()
+
     def _stop_overdue(self) -> None:
         state = self._state
         self._runs.on_ok = None
@@ -686,6 +714,8 @@ class Periodic(EventSource, Clocks, Durable):
         )
         if not state.quiet:
             emit(event, self._runs.keys)
+        if state.overdue_alarm is not None and reason in _NOT_MINE:
+            self._not_mine(reason)
         return event
 
 

@@ -495,3 +495,57 @@ async def test_a_trigger_waits_for_a_tick_being_claimed(
     assert isinstance(skipped, Skipped)
     assert (skipped.reason, skipped.scheduled_at) == (SkipReason.OVERLAP, 11.0)
     assert job.starts == [11.0]
+
+
+async def test_a_follower_is_never_overdue_and_a_new_leader_counts_from_its_last_follower_tick(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    peer = LocalPeer(leader=False)
+    p = Periodic(run=Job(failing=True), every=10, overdue_after=25, peer=peer, name="f")
+    stamps = Stamps(p)
+    with stamps.subscription:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(peer.serve)
+            await nursery.start(p.serve)
+            await trio.sleep(100.5)  # a follower: its ticks skip, it is not overdue
+            assert stamps.seen == []
+            peer.set_leader(True)  # its last follower tick was at 100: overdue at 125
+            await trio.sleep(30)
+            peer.set_leader(False)  # at 130.5: the tick at 140 finds it a follower
+            await trio.sleep(10)
+            nursery.cancel_scope.cancel()
+    assert stamps.seen == [
+        (125.0, ("overdue", None, 25.0)),
+        (140.0, ("recovered", "not_leader")),
+    ]
+
+
+async def test_a_job_paused_in_its_store_is_not_overdue_until_a_claim_is_granted_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = MemoryStore(wall_clock=Wall())
+    p = Periodic(
+        run=Job(failing=True),
+        every=10,
+        overdue_after=25,
+        store=store,
+        name="sp",
+        wall_clock=Wall(),
+    )
+    stamps = Stamps(p)
+    with stamps.subscription:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.serve)
+            await nursery.start(p.serve)
+            await trio.sleep(32)  # overdue at 25
+            await store.pause("sp")  # at 32: the tick at 40 finds it paused
+            await trio.sleep(63)
+            await store.resume("sp")  # at 95: the claim at 100 counts again
+            await trio.sleep(30)
+            nursery.cancel_scope.cancel()
+    assert stamps.seen == [
+        (25.0, ("overdue", None, 25.0)),
+        (40.0, ("recovered", "paused")),
+        (125.0, ("overdue", None, 25.0)),
+        (125.0, ("recovered", "stopped")),
+    ]
