@@ -314,3 +314,30 @@ def test_the_module_keeps_psycopg_out_of_sqlite_backends() -> None:
         env={**os.environ, "PYTHONPATH": str(root)},
     )
     assert done.stdout.strip() == "False"
+
+
+# -- listening, retrying ----------------------------------------------------------------------
+
+
+def test_a_closed_listener_opens_no_connection() -> None:
+    # A listening call abandoned before it began may begin after the listener was closed.
+    made: list[str] = []
+
+    def connect() -> pg.Connection:
+        made.append("connection")
+        raise AssertionError("a closed listener connects")
+
+    listener = pg.Listener(connect)
+    listener.close(0)
+    with pytest.raises(RuntimeError, match="the listener is closed"):
+        listener.hear(["channel"], wait=0.01, timeout=1.0)
+    assert made == []
+
+
+def test_the_retry_delay_doubles_up_to_the_longest_with_jitter() -> None:
+    from periodic._db.calls import retry_delay
+
+    for attempts, base in [(0, 0.25), (1, 0.25), (2, 0.5), (3, 1.0), (7, 15.0), (10_000, 15.0)]:
+        for _ in range(20):
+            assert base / 2 <= retry_delay(attempts) <= base
+    assert retry_delay(5, longest=2.0) <= 2.0

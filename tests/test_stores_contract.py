@@ -797,9 +797,12 @@ async def test_watchers_are_told_of_a_trigger_asked_for_in_this_process(
     # At once, in order; the broken watcher's error is logged, and the others told.
     assert heard[:2] == ["j", "j again"]
     assert "k" not in heard
-    [record] = [r for r in caplog.records if "a watcher of the triggers of 'j'" in r.message]
-    assert record.exc_info is not None
-    assert "a broken watcher" in str(record.exc_info[1])
+    # (PostgreSQL: once more, maybe, as its own NOTIFY comes back.)
+    records = [r for r in caplog.records if "a watcher of the triggers of 'j'" in r.message]
+    assert records
+    for record in records:
+        assert record.exc_info is not None
+        assert "a broken watcher" in str(record.exc_info[1])
     unwatch_j()
     unwatch_j()  # again: nothing
     unwatch_broken()

@@ -220,20 +220,22 @@ class Link:
                 self._drop()
                 raise
         finally:
-            if self._drop_when_done:
-                self._drop_when_done = False
-                self._drop()
             self._lock.release()
+            if self._drop_when_done:  # a close() came while this call ran
+                self.close(0)
 
     def close(self, timeout: float) -> None:
-        """Close the connection; the next call opens a new one."""
+        """Close the connection; the next call opens a new one. A call still running
+        closes it as it ends."""
+        # Asked for before the lock is tried: a call that ends meanwhile either sees it
+        # as it lets go of the lock, or let go before, and the lock is ours.
+        self._drop_when_done = True
         if self._lock.acquire(timeout=timeout):
             try:
+                self._drop_when_done = False
                 self._drop()
             finally:
                 self._lock.release()
-        else:  # a call still running closes it when it ends
-            self._drop_when_done = True
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
@@ -266,7 +268,16 @@ class Listener:
     """
 
     def __init__(self, connect: Callable[[], Connection]) -> None:
-        self._link = Link(connect)
+        self._closed = False
+
+        def connecting() -> Connection:
+            # A call abandoned before it began may begin after close(): it must not
+            # open a connection that nobody would ever close.
+            if self._closed:
+                raise RuntimeError("the listener is closed")
+            return connect()
+
+        self._link = Link(connecting)
         # The connection the channels below are listened on (kept, so that a new one
         # is never taken for it).
         self._conn: Connection | None = None
@@ -284,6 +295,7 @@ class Listener:
 
         Raises:
             TimeoutError: An earlier call still holds the connection after ``timeout``.
+            RuntimeError: The listener was closed.
             psycopg.Error: The database failed (the connection is dropped).
         """
 
@@ -303,8 +315,15 @@ class Listener:
 
         return self._link.run(listen, timeout)
 
+    def disconnect(self, timeout: float) -> None:
+        """Close the connection (when the call under way ends, if one is); the next call
+        opens a new one."""
+        self._link.close(timeout)
+
     def close(self, timeout: float) -> None:
-        """Close the connection (when the call under way ends, if one is)."""
+        """Close the connection for good (when the call under way ends, if one is): a
+        later call opens none."""
+        self._closed = True
         self._link.close(timeout)
 
 

@@ -125,7 +125,7 @@ class JobState:
 def judged(state: JobState, now: datetime.datetime) -> JobState:
     """``state`` with :attr:`JobState.overdue` judged at ``now``, the store's clock: how
     every store judges it, once it has read the record."""
-    since = [t for t in (state.last_ok_at, state.registered_at, state.resumed_at) if t]
+    since = [t for t in (state.last_ok_at, state.registered_at, state.resumed_at) if t is not None]
     overdue = (
         state.overdue_after is not None
         and not state.paused

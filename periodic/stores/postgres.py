@@ -944,7 +944,7 @@ class PostgresStore(Store, ReminderStore):
             while True:
                 wanted = self._channels()
                 if not wanted:
-                    listener.close(0)  # no connection is kept for nothing
+                    listener.disconnect(0)  # no connection is kept for nothing
                     await self._wait_for_channels()
                     continue
                 try:
