@@ -366,7 +366,7 @@ async def test_the_watchers_are_told_at_each_poll_while_a_trigger_is_pending(
     tmp_path: Path,
 ) -> None:
     watching, other = SQLiteStore(tmp_path / "jobs.db"), SQLiteStore(tmp_path / "jobs.db")
-    assert watching.trigger_poll == 1.0
+    assert watching.trigger_poll == 0.5
     watching.trigger_poll = 0.1
     heard: list[float] = []
     async with served(watching), served(other):

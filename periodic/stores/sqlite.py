@@ -563,8 +563,9 @@ class SQLiteStore(Store, ReminderStore):
 
     #: Other processes' reminders are found by reading the file this often.
     reminder_poll = 1.0
-    #: Other processes' triggers are found by reading the file this often.
-    trigger_poll = 1.0
+    #: Other processes' triggers are found by reading the file this often (so that a
+    #: trigger starts a run within a second).
+    trigger_poll = 0.5
 
     def __init__(
         self,
