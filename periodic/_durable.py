@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
+import inspect
 import logging
 from typing import TYPE_CHECKING
 
@@ -37,6 +38,12 @@ _REFUSALS = frozenset(
 
 
 @functools.cache
+def _takes_triggers(cls: type[Store]) -> bool:
+    """Whether a store's claim takes ``trigger`` (one written before it does not)."""
+    return "trigger" in inspect.signature(cls.claim).parameters
+
+
+@functools.cache
 def _process_node() -> str:
     """This process's node in a store's records, for jobs without a peer."""
     return default_node()
@@ -50,12 +57,14 @@ class Durable(Parts):
     async def _register(self, store: Store) -> JobState:
         """The job's record, made on its first serve; its interval grid, if it has one."""
         wall = self._wall_now()
-        record = await store.register(
-            self.name,
-            schedule=self._schedule_text(),
-            anchor=wall + datetime.timedelta(seconds=self._first_delay),
-            overdue_after=self.overdue_after,
-        )
+        schedule = self._schedule_text()
+        anchor = wall + datetime.timedelta(seconds=self._first_delay)
+        if self.overdue_after is None:  # (as a store written before overdue_after takes it)
+            record = await store.register(self.name, schedule=schedule, anchor=anchor)
+        else:
+            record = await store.register(
+                self.name, schedule=schedule, anchor=anchor, overdue_after=self.overdue_after
+            )
         if self._schedule is None and self.delay_mode is not DelayMode.SHIFTED:
             # The grid is the store's: the same on every process and across restarts.
             self._state.schedule = IntervalGrid.of(record.anchor, self._every)
@@ -217,6 +226,8 @@ class Durable(Parts):
             if fire_time is not None
             else wall - datetime.timedelta(seconds=trio.current_time() - scheduled_at)
         )
+        if trigger == "local" and not _takes_triggers(type(store)):
+            trigger = None  # a store written before triggers cannot pause either
         try:
             if trigger is None:
                 key = await store.claim(

@@ -13,7 +13,7 @@ from store_support import T0, Wall
 
 from periodic import Periodic
 from periodic.events import Skipped, SkipReason, Started
-from periodic.stores import MemoryStore, Store
+from periodic.stores import JobState, MemoryStore, Store
 from periodic.testing import LocalPeer, capture_events
 
 
@@ -261,3 +261,76 @@ async def test_a_claim_refused_as_paused_is_not_a_store_error(
         nursery.cancel_scope.cancel()
     skipped = p.statistics().skipped
     assert (skipped["paused"], skipped["store_error"]) == (2, 0)
+
+
+class OldStore(Store):
+    """A store written to the interface before pausing, triggers and overdue_after."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryStore()
+
+    @property
+    def serving(self) -> bool:
+        return self.inner.serving
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        await self.inner.serve(task_status=task_status)
+
+    async def register(self, name: str, *, schedule: str, anchor: datetime.datetime) -> Any:
+        return await self.inner.register(name, schedule=schedule, anchor=anchor)
+
+    async def claim(
+        self,
+        name: str,
+        *,
+        slot: datetime.datetime,
+        node: str,
+        fence: int | None,
+        started_at: datetime.datetime,
+    ) -> int | None:
+        return await self.inner.claim(
+            name, slot=slot, node=node, fence=fence, started_at=started_at
+        )
+
+    async def finish(self, name: str, run: int, **record: Any) -> None:
+        await self.inner.finish(name, run, **record)
+
+    async def jobs(self) -> Any:
+        return await self.inner.jobs()
+
+    async def job(self, name: str) -> Any:
+        return await self.inner.job(name)
+
+    async def runs(self, name: str, *, limit: int = 20) -> Any:
+        return await self.inner.runs(name, limit=limit)
+
+
+async def test_a_store_written_before_these_operations_keeps_working(
+    autojump_clock: trio.testing.MockClock, wall: Wall
+) -> None:
+    store = OldStore()
+    job = Job()
+    p = make(store, wall, job)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.serve)
+        await nursery.start(p.serve)
+        await trio.sleep(12)
+        assert isinstance(await p.trigger(), Started)  # claimed as a scheduled tick
+        with pytest.raises(NotImplementedError, match="OldStore cannot pause jobs"):
+            await store.pause("rollup")
+        with pytest.raises(NotImplementedError, match="OldStore cannot trigger jobs"):
+            await store.trigger("rollup")
+        await trio.sleep(1)
+        # A record compares equal to one made without the store's clock readings.
+        assert await store.job("rollup") == JobState(
+            name="rollup",
+            schedule="every 10s",
+            anchor=T0 + datetime.timedelta(seconds=10),
+            last_slot=T0 + datetime.timedelta(seconds=12),
+            last_outcome="ok",
+            last_node=p._node,
+            last_started_at=T0 + datetime.timedelta(seconds=12),
+            last_finished_at=T0 + datetime.timedelta(seconds=12),
+        )
+        nursery.cancel_scope.cancel()
+    assert job.starts == [10.0, 12.0]

@@ -99,6 +99,9 @@ class JobState:
             read the record: ``overdue_after`` is set, the job is not paused, and at least
             ``overdue_after`` seconds have passed since the latest of ``last_ok_at``,
             ``registered_at`` and ``resumed_at``.
+
+    ``==`` leaves out ``registered_at`` and ``last_ok_at`` (a store's clock reading, and a
+    copy of a finished run's time): two records of the same runs compare equal.
     """
 
     name: str
@@ -116,9 +119,10 @@ class JobState:
     pause_note: str | None = None
     triggered_at: datetime.datetime | None = None
     overdue_after: float | None = None
-    registered_at: datetime.datetime | None = None
+    # (Left out of ==: a record's equality is what its runs wrote, as before these fields.)
+    registered_at: datetime.datetime | None = attrs.field(default=None, eq=False)
     resumed_at: datetime.datetime | None = None
-    last_ok_at: datetime.datetime | None = None
+    last_ok_at: datetime.datetime | None = attrs.field(default=None, eq=False)
     overdue: bool = False
 
 
@@ -315,27 +319,31 @@ class Store(abc.ABC):
 
     # -- operating: pause, resume, trigger ------------------------------------------------
 
-    @abc.abstractmethod
     async def pause(self, name: str, *, note: str | None = None) -> None:
         """Pause the job in the store: from their next tick on, the processes serving it
         start no scheduled run (a claim refuses them with :class:`JobPaused`) until
         :meth:`resume`. ``paused_at`` is the store's clock; pausing a paused job replaces
         its note and keeps its ``paused_at``.
 
+        Every store of :mod:`periodic.stores` has it; a store of your own written without
+        it keeps working for everything else.
+
         Raises:
             LookupError: The job was never registered.
+            NotImplementedError: The store cannot pause jobs.
         """
+        raise NotImplementedError(f"{type(self).__name__} cannot pause jobs")
 
-    @abc.abstractmethod
     async def resume(self, name: str) -> None:
         """Resume a paused job (nothing happens to one that is not paused); its
         ``resumed_at`` is the store's clock, and its overdue count starts again from it.
 
         Raises:
             LookupError: The job was never registered.
+            NotImplementedError: The store cannot pause jobs.
         """
+        raise NotImplementedError(f"{type(self).__name__} cannot pause jobs")
 
-    @abc.abstractmethod
     async def trigger(self, name: str) -> None:
         """Ask for one run of the job now, paused or not: record a pending trigger
         (``triggered_at``, the store's clock; a second trigger while one is pending is
@@ -344,7 +352,9 @@ class Store(abc.ABC):
 
         Raises:
             LookupError: The job was never registered.
+            NotImplementedError: The store cannot trigger jobs.
         """
+        raise NotImplementedError(f"{type(self).__name__} cannot trigger jobs")
 
     def watch_triggers(self, name: str, notify: Callable[[], object]) -> Callable[[], None]:
         """Call ``notify()`` whenever a trigger may be pending for ``name``: at once
