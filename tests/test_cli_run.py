@@ -330,3 +330,21 @@ def test_the_current_directory_is_importable_from_the_console_script(
     )
     assert done.returncode == 2
     assert "app:NUMBER is 42" in done.stderr
+
+
+def test_an_application_that_configures_logging_gets_each_record_once(
+    app: App, backend: Backend
+) -> None:
+    # The application sets up logging as it is imported: its handler gets the records,
+    # and the command adds none of its own (each record shows once).
+    (app.dir / "logged.py").write_text(
+        "import logging, sys\n"
+        "logging.basicConfig(stream=sys.stderr, format='APP %(levelname)s %(message)s')\n"
+        "from app import job\n"
+    )
+    process = app.start("logged:job")
+    app.wait_for(process, "started")
+    stderr = app.stop(process, signal.SIGTERM)
+    finished = [line for line in stderr.splitlines() if "job 'work' run 1 finished ok" in line]
+    assert len(finished) == 1, stderr
+    assert finished[0].startswith("APP INFO ")

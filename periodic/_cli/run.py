@@ -31,12 +31,16 @@ class _Servable(Protocol):
 
 
 def configure(level: str) -> None:
-    """Log the ``periodic`` logger's records of ``level`` and above to stderr."""
+    """Log the ``periodic`` logger's records of ``level`` and above to stderr, unless the
+    application configured logging itself (a handler on the root logger) as it was
+    imported: then its handlers get them (once), at that level."""
+    logger = logging.getLogger("periodic")
+    logger.setLevel(level)
+    if logging.getLogger().handlers:
+        return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(_FORMAT))
-    logger = logging.getLogger("periodic")
     logger.addHandler(handler)
-    logger.setLevel(level)
 
 
 def load(spec: str) -> object:
@@ -217,8 +221,9 @@ def run(spec: str, *, store: Target | None, log_level: str) -> int:
     Raises:
         CommandError: The jobs cannot be imported or made (exit status 2).
     """
-    configure(log_level)
+    logging.getLogger("periodic").setLevel(log_level)  # (for what importing logs)
     value = load(spec)
+    configure(log_level)
     service: Service | None = None
 
     async def main() -> None:
