@@ -99,8 +99,9 @@ class State:
     busy: bool = False
     idle: trio.Event | None = None
     deferred: bool = False
-    # serve's nursery, while served.
+    # serve's nursery, and a copy of its context (auto mode), while served.
     nursery: trio.Nursery | None = None
+    context: contextvars.Context | None = None
     # Taking the store's triggers: a task is at it; asked again meanwhile; the last one
     # was refused by a guard (the next refusals are not reported: quiet).
     trigger_task: bool = False
@@ -176,6 +177,7 @@ if TYPE_CHECKING:
             trigger: Trigger | None = None,
         ) -> Coroutine[Any, Any, _Outcome]: ...
         def _tick_over(self) -> None: ...
+        async def _explicit_tick(self, trigger: Trigger, *, quiet: bool = False) -> _Outcome: ...
         def _claimed(self) -> None: ...
 
         # Durable
@@ -197,9 +199,8 @@ class Clocks(Parts):
 
     def _arm_first(self, record: JobState | None) -> None:
         state = self._state
-        # Ticks run in the timer's task: give them serve's context, as the runs they
-        # start would have had with a scheduler task of their own.
-        context = contextvars.copy_context()
+        context = state.context
+        assert context is not None
         state.fire = None
         if state.schedule is not None:
             due_now = self._cron_due_now

@@ -299,7 +299,9 @@ class Durable(Parts):
         if nursery is None or not self._runs.accepting:
             return
         state.trigger_task = True
-        nursery.start_soon(self._take_store_triggers)
+        # In serve's context, as its ticks are (not the notifying task's).
+        assert state.context is not None
+        state.context.run(nursery.start_soon, self._take_store_triggers)
 
     async def _take_store_triggers(self) -> None:
         state = self._state
@@ -320,24 +322,7 @@ class Durable(Parts):
         tick the guards refuse leaves it pending (tried again as the store repeats it),
         reported once until one is taken."""
         state = self._state
-        lock = state.tick_lock
-        assert lock is not None
-        async with lock:
-            while state.busy:
-                if state.idle is None:
-                    state.idle = trio.Event()
-                await state.idle.wait()
-            if not self._runs.accepting:
-                return
-            schedule = self._schedule
-            fire_time = None if schedule is None else self._wall_now().astimezone(schedule.tz)
-            state.busy = True
-            state.quiet = state.trigger_refused
-            try:
-                outcome = await self._tick(trio.current_time(), None, fire_time, "store")
-            finally:
-                state.quiet = False
-                self._tick_over()
+        outcome = await self._explicit_tick("store", quiet=state.trigger_refused)
         state.trigger_refused = isinstance(outcome, Skipped) and outcome.reason in _REFUSALS
 
     @property

@@ -238,6 +238,8 @@ class RecoveredBy(str, enum.Enum):
     STOPPED = "stopped"
     #: This process stopped leading the job's election: the job is another's to run.
     NOT_LEADER = "not_leader"
+    #: Another process claimed the job's slot: it runs the job.
+    CLAIMED = "claimed"
 
     def __str__(self) -> str:
         return self.value

@@ -50,7 +50,12 @@ _log = logging.getLogger("periodic")
 # Jitter with cron= is at most this (seconds): its gaps are the user's concern below it.
 _MAX_CRON_JITTER = 3600.0
 # Skips that say the job is not this process's to run now: it cannot be overdue here.
-_NOT_MINE = frozenset({SkipReason.PAUSED, SkipReason.NOT_LEADER})
+_NOT_MINE = frozenset({SkipReason.PAUSED, SkipReason.NOT_LEADER, SkipReason.CLAIMED})
+_RECOVERED_BY = {
+    SkipReason.PAUSED: RecoveredBy.PAUSED,
+    SkipReason.NOT_LEADER: RecoveredBy.NOT_LEADER,
+    SkipReason.CLAIMED: RecoveredBy.CLAIMED,
+}
 # Skip reasons only a job with a store can have (its statistics show them).
 _STORE_REASONS = frozenset({SkipReason.CLAIMED, SkipReason.STORE_ERROR})
 
@@ -339,8 +344,11 @@ class Periodic(EventSource, Clocks, Durable):
                 record = await self._register(store)
             async with trio.open_nursery() as nursery:
                 self._runs.open(nursery)
-                state.tick_lock = trio.Lock()
                 state.nursery = nursery
+                if self.mode is Mode.AUTO:
+                    # Ticks run in the timer's task: give them serve's context, as the
+                    # runs they start would have had with a scheduler task of their own.
+                    state.context = contextvars.copy_context()
                 state.trigger_refused = False
                 if store is not None and self.mode is Mode.AUTO:
                     unwatch = store.watch_triggers(self.name, self._store_triggered)
@@ -362,6 +370,7 @@ class Periodic(EventSource, Clocks, Durable):
                     # Arm, report started, and let go of task_status: holding it for the
                     # scheduler's life would keep nursery.start's machinery alive.
                     if self.mode is Mode.MANUAL:
+                        state.tick_lock = trio.Lock()
                         task_status.started()
                         del task_status
                         await trio.sleep_forever()
@@ -386,7 +395,7 @@ class Periodic(EventSource, Clocks, Durable):
                                 self._tick_over()
                                 then(outcome)
                 finally:
-                    state.nursery = None
+                    state.nursery = state.context = None
                     crash = self._stop_ticking()
                     await self._runs.shutdown()
                     self._stop_overdue()
@@ -454,26 +463,13 @@ class Periodic(EventSource, Clocks, Durable):
                 tick).
         """
         state = self._state
-        if not state.serving or not self._runs.accepting or state.tick_lock is None:
+        if not state.serving or not self._runs.accepting:
             raise RuntimeError(
                 f"{self!r} is not being served: start it first, e.g. "
                 "await nursery.start(job.serve)"
             )
         await trio.lowlevel.checkpoint_if_cancelled()
-        schedule = self._schedule
-        fire_time = None if schedule is None else self._wall_now().astimezone(schedule.tz)
-        async with state.tick_lock:  # (takes turns with manual ticks and other triggers)
-            while state.busy:  # an automatic tick is being awaited: after it
-                if state.idle is None:
-                    state.idle = trio.Event()
-                await state.idle.wait()
-            if not self._runs.accepting:
-                raise RuntimeError(f"{self!r} stopped being served before the trigger")
-            state.busy = True
-            try:
-                outcome = await self._tick(trio.current_time(), None, fire_time, "local")
-            finally:
-                self._tick_over()
+        outcome = await self._explicit_tick("local")
         if isinstance(outcome, Run):
             started = await outcome.wait_started()
             if started is not None:
@@ -481,6 +477,32 @@ class Periodic(EventSource, Clocks, Durable):
         elif outcome is not None:
             return outcome
         raise RuntimeError(f"{self!r} stopped being served during the trigger")
+
+    async def _explicit_tick(self, trigger: Trigger, *, quiet: bool = False) -> _Outcome:
+        """A tick now, beside the schedule: one at a time (taking turns with manual
+        ticks), and after an automatic tick under way (one due meanwhile waits for this
+        one). ``quiet``: its Skipped is counted, not emitted."""
+        state = self._state
+        lock = state.tick_lock
+        if lock is None:  # (made when first needed: most jobs are never triggered)
+            lock = state.tick_lock = trio.Lock()
+        async with lock:
+            while state.busy:
+                if state.idle is None:
+                    state.idle = trio.Event()
+                await state.idle.wait()
+            if not self._runs.accepting:
+                return None
+            # Its time is read now, after the wait: a slot claimed meanwhile is older.
+            schedule = self._schedule
+            fire_time = None if schedule is None else self._wall_now().astimezone(schedule.tz)
+            state.busy = True
+            state.quiet = quiet
+            try:
+                return await self._tick(trio.current_time(), None, fire_time, trigger)
+            finally:
+                state.quiet = False
+                self._tick_over()
 
     # -- overdue_after -------------------------------------------------------------------
 
@@ -520,9 +542,10 @@ class Periodic(EventSource, Clocks, Durable):
         emit(Recovered(job=self.name, reason=reason), self._runs.keys)
 
     def _not_mine(self, reason: SkipReason) -> None:
-        """A tick found the job paused (here or in its store), or another process
-        leading: it cannot be overdue here. Paused, its count waits for a resume or a
-        claim granted again; a follower's starts afresh at each of its ticks."""
+        """A tick found the job paused (here or in its store), another process leading,
+        or its slot claimed by another process: it cannot be overdue here. Paused, its
+        count waits for a resume or a claim granted again; otherwise it starts afresh at
+        each such tick."""
         state = self._state
         alarm = state.overdue_alarm
         assert alarm is not None
@@ -533,9 +556,7 @@ class Periodic(EventSource, Clocks, Durable):
             state.overdue_from = now = trio.current_time()
             alarm.arm(now + self.overdue_after)
         if state.overdue:
-            self._recovered(
-                RecoveredBy.PAUSED if reason is SkipReason.PAUSED else RecoveredBy.NOT_LEADER
-            )
+            self._recovered(_RECOVERED_BY[reason])
 
     def _claimed(self) -> None:
         """A claim was granted: a job paused in its store and resumed counts again."""

@@ -3,7 +3,9 @@ honours them (MemoryStore, virtual time; the stores' own side is in the contract
 
 from __future__ import annotations
 
+import contextvars
 import datetime
+import random
 from typing import Any
 
 import pytest
@@ -12,7 +14,7 @@ import trio.testing
 from store_support import T0, Wall
 
 from periodic import Periodic
-from periodic.events import Skipped, SkipReason, Started
+from periodic.events import Overdue, Skipped, SkipReason, Started
 from periodic.stores import JobState, MemoryStore, Store
 from periodic.testing import LocalPeer, capture_events
 
@@ -334,3 +336,73 @@ async def test_a_store_written_before_these_operations_keeps_working(
         )
         nursery.cancel_scope.cancel()
     assert job.starts == [10.0, 12.0]
+
+
+async def test_a_process_that_loses_every_claim_is_not_overdue(
+    autojump_clock: trio.testing.MockClock, store: MemoryStore, wall: Wall
+) -> None:
+    # Both processes tick every 10 s; b's ticks come a little later (jitter), so a claims
+    # every slot and b is refused each one: the job runs fine, and b is not overdue.
+    a_job, b_job = Job(), Job()
+    a = make(store, wall, a_job, overdue_after=25)
+    b = make(store, wall, b_job, overdue_after=25, jitter=1, jitter_rng=random.Random(1))
+    with capture_events(b) as events:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.serve)
+            await nursery.start(b.serve)
+            await trio.sleep(60)
+            nursery.cancel_scope.cancel()
+    assert (a_job.starts, b_job.starts) == ([10.0, 20.0, 30.0, 40.0, 50.0], [])
+    assert events.of(Overdue) == []
+    assert b.statistics().skipped["claimed"] == 5
+
+
+async def test_a_store_trigger_runs_in_serves_context(
+    autojump_clock: trio.testing.MockClock, store: MemoryStore, wall: Wall
+) -> None:
+    where: contextvars.ContextVar[str] = contextvars.ContextVar("where")
+    seen: list[str] = []
+
+    async def job() -> None:
+        seen.append(where.get())
+
+    p = Periodic(run=job, every=100, store=store, wall_clock=wall, name="c")
+
+    async def serve_job(task_status: trio.TaskStatus[None]) -> None:
+        where.set("serve")
+        await p.serve(task_status=task_status)
+
+    async def operator() -> None:
+        where.set("operator")
+        await store.trigger("c")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_job)
+        await trio.sleep(50)
+        nursery.start_soon(operator)
+        await trio.sleep(60)
+        nursery.cancel_scope.cancel()
+    assert seen == ["serve", "serve"]  # the trigger at 50, the slot at 100
+
+
+async def test_a_local_trigger_queued_behind_a_store_trigger_claims_its_own_time(
+    autojump_clock: trio.testing.MockClock, store: MemoryStore, wall: Wall
+) -> None:
+    pytest.importorskip("cronsim")
+
+    async def when() -> bool:
+        await trio.sleep(20)
+        return True
+
+    job = Job()
+    p = make(store, wall, job, every=None, cron="* * * * *", when=when)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(p.serve)
+        await trio.sleep(65)  # the tick of 60 is in its guard until 80
+        await store.trigger("rollup")  # waits for it, then its own guard: 80 to 100
+        await trio.sleep(5)
+        started = await p.trigger()  # waits for both: its time is read at 100
+        nursery.cancel_scope.cancel()
+    assert isinstance(started, Started)
+    assert started.fire_time == T0 + datetime.timedelta(seconds=100)
+    assert job.starts == [80.0, 100.0, 120.0]
