@@ -217,7 +217,7 @@ class Overdue:
     Attributes:
         job: The job's name.
         last_ok_at: When its last ``ok`` run finished (``trio.current_time()``), or
-            ``None`` when none did since it was served (or resumed).
+            ``None`` when none did since it was served.
         overdue_for: Seconds since ``last_ok_at``, or since the job was served (or
             resumed) when that is later.
     """

@@ -371,29 +371,26 @@ class Periodic(EventSource, Clocks, Durable):
                     # scheduler's life would keep nursery.start's machinery alive.
                     if self.mode is Mode.MANUAL:
                         state.tick_lock = trio.Lock()
-                        task_status.started()
-                        del task_status
-                        await trio.sleep_forever()
                     else:
                         self._arm_first(record)
-                        task_status.started()
-                        del task_status
-                        # Parked as cheaply as Trio allows: an idle scheduler is this
-                        # frame, its nursery and its task. Woken (_wake) to await the
-                        # rest of a tick, or to raise what crashed one.
-                        state.parked = trio.lowlevel.current_task()
-                        while True:
-                            state.waiting = True
-                            await trio.lowlevel.wait_task_rescheduled(self._abort_park)
-                            crash, state.crash = state.crash, None
-                            if crash is not None:
-                                raise crash
-                            rest, state.rest = state.rest, None
-                            then, state.then = state.then, None
-                            if rest is not None and then is not None:
-                                outcome = await rest
-                                self._tick_over()
-                                then(outcome)
+                    task_status.started()
+                    del task_status
+                    # Parked as cheaply as Trio allows: an idle scheduler is this frame,
+                    # its nursery and its task. Woken (_wake) to await the rest of a
+                    # tick, or to raise what crashed one (or an overdue alarm).
+                    state.parked = trio.lowlevel.current_task()
+                    while True:
+                        state.waiting = True
+                        await trio.lowlevel.wait_task_rescheduled(self._abort_park)
+                        crash, state.crash = state.crash, None
+                        if crash is not None:
+                            raise crash
+                        rest, state.rest = state.rest, None
+                        then, state.then = state.then, None
+                        if rest is not None and then is not None:
+                            outcome = await rest
+                            self._tick_over()
+                            then(outcome)
                 finally:
                     state.nursery = state.context = None
                     crash = self._stop_ticking()
@@ -559,7 +556,8 @@ class Periodic(EventSource, Clocks, Durable):
             self._recovered(_RECOVERED_BY[reason])
 
     def _claimed(self) -> None:
-        """A claim was granted: a job paused in its store and resumed counts again."""
+        """A claim was granted, or the store failed: a job paused in its store counts
+        again (resumed; or, for all this process knows, not running)."""
         state = self._state
         alarm = state.overdue_alarm
         if alarm is not None and not alarm.armed and not state.overdue and not state.paused:
@@ -735,8 +733,11 @@ class Periodic(EventSource, Clocks, Durable):
         )
         if not state.quiet:
             emit(event, self._runs.keys)
-        if state.overdue_alarm is not None and reason in _NOT_MINE:
-            self._not_mine(reason)
+        if state.overdue_alarm is not None:
+            if reason in _NOT_MINE:
+                self._not_mine(reason)
+            elif reason is SkipReason.STORE_ERROR:
+                self._claimed()
         return event
 
 

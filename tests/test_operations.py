@@ -549,3 +549,63 @@ async def test_a_job_paused_in_its_store_is_not_overdue_until_a_claim_is_granted
         (125.0, ("overdue", None, 25.0)),
         (125.0, ("recovered", "stopped")),
     ]
+
+
+class Halt(BaseException):
+    pass
+
+
+@pytest.mark.parametrize("mode", ["auto", "manual"])
+async def test_what_an_overdue_handler_raises_comes_out_of_serve_at_once(
+    autojump_clock: trio.testing.MockClock, mode: str
+) -> None:
+    def handler(event: Event) -> None:
+        if isinstance(event, Overdue):
+            raise Halt
+
+    p = Periodic(run=Job(), every=100, mode=mode, overdue_after=5, name="h")
+    with (
+        subscribe(handler, job=p),
+        trio.fail_after(100),  # (a serve that hid it would run on)
+        pytest.raises(BaseExceptionGroup) as caught,
+    ):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(p.serve)
+            await trio.sleep(50)
+    assert trio.current_time() == 5.0
+    assert caught.group_contains(Halt, depth=2)
+
+
+class BrokenStore(MemoryStore):
+    """A MemoryStore whose claims fail while ``broken``."""
+
+    broken = False
+
+    async def claim(self, name: str, **kwargs: Any) -> int | None:  # type: ignore[override]
+        if self.broken:
+            raise OSError("the store is down")
+        return await super().claim(name, **kwargs)
+
+
+async def test_a_store_that_fails_after_a_pause_in_it_counts_towards_overdue(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = BrokenStore(wall_clock=Wall())
+    p = Periodic(
+        run=Job(), every=10, overdue_after=25, store=store, name="down", wall_clock=Wall()
+    )
+    stamps = Stamps(p)
+    with stamps.subscription:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.serve)
+            await nursery.start(p.serve)
+            await trio.sleep(12)
+            await store.pause("down")  # the tick at 20 finds it paused: not counted
+            await trio.sleep(15)
+            store.broken = True  # from 30 on, no claim: it runs nothing, counted again
+            await trio.sleep(40)
+            nursery.cancel_scope.cancel()
+    assert stamps.seen == [
+        (55.0, ("overdue", 10.0, 25.0)),
+        (67.0, ("recovered", "stopped")),
+    ]
