@@ -184,7 +184,14 @@ async def test_a_trigger_asked_for_while_nobody_served_runs_at_serve(
         await nursery.start(p.serve)
         await trio.sleep(1)
         nursery.cancel_scope.cancel()
-    assert job.starts == [0.0]
+    # The trigger's run, and beside it the scheduled slot due at serve (the anchor's):
+    # a trigger leaves the schedule's slots as they are.
+    assert job.starts == [0.0, 0.0]
+    runs = await store.runs("rollup")
+    assert sorted((r.slot, r.triggered) for r in runs) == [(T0, False), (T0, True)]
+    state = await store.job("rollup")
+    assert state is not None
+    assert (state.last_slot, state.triggered_at) == (T0, None)
 
 
 async def test_only_the_leader_takes_a_store_trigger(

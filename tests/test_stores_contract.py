@@ -515,7 +515,8 @@ async def test_a_paused_job_refuses_scheduled_claims_and_runs_when_asked(store: 
     await store.pause("j")
     again = await store.job("j")
     assert again == attrs.evolve(paused, pause_note=None)
-    # A run asked for in the process runs a paused job, and is claimed as any other.
+    # A run asked for in the process runs a paused job (beside the schedule: the
+    # latest scheduled slot stays).
     assert (
         await store.claim("j", slot=at(2), node="a", fence=None, started_at=at(3), trigger="local")
         is not None
@@ -524,7 +525,7 @@ async def test_a_paused_job_refuses_scheduled_claims_and_runs_when_asked(store: 
         await claim(store, 3)
     state = await store.job("j")
     assert state is not None
-    assert (state.paused, state.last_slot, state.resumed_at) == (True, at(2), None)
+    assert (state.paused, state.last_slot, state.resumed_at) == (True, at(1), None)
     await store.resume("j")
     resumed = await store.job("j")
     assert resumed is not None
@@ -569,29 +570,29 @@ async def test_a_store_trigger_is_taken_once(store: Store) -> None:
     assert first.triggered_at >= first.registered_at
     await store.trigger("j")  # while one is pending: the same one
     assert await store.job("j") == first
-    # A run asked for in the process leaves it pending; so does a claim refused by
-    # the slot or the fence.
-    assert await claim(store, 5, fence=7) is not None
-    assert await take(store, 5) is None
+    # A scheduled run leaves it pending; so does a claim refused by the fence.
+    scheduled = await claim(store, 5, fence=7)
+    assert scheduled is not None
     assert await take(store, 6, fence=6) is None
     state = await store.job("j")
     assert state is not None
     assert (state.triggered_at, state.last_slot) == (first.triggered_at, at(5))
-    # A paused job runs when a trigger asks for it.
+    # A paused job runs when a trigger asks for it, at a slot not after the latest
+    # scheduled one too: beside the schedule, which it leaves as it is.
     await store.pause("j")
-    key = await take(store, 6, node="b", fence=7)
+    key = await take(store, 5, node="b", fence=7)
     assert isinstance(key, int)
     state = await store.job("j")
     assert state is not None
-    assert (state.triggered_at, state.last_slot, state.last_node) == (None, at(6), "b")
+    assert (state.triggered_at, state.last_slot, state.last_node) == (None, at(5), "a")
     assert state.paused
     assert await take(store, 7) is None
     [latest, *_] = await store.runs("j")
-    assert latest == RunRecord(slot=at(6), node="b", fence=7, started_at=at(6))
+    assert latest == RunRecord(slot=at(5), node="b", fence=7, started_at=at(5), triggered=True)
     await finish(store, key, "ok", at_=8)
     done = await store.job("j")
     assert done is not None
-    assert (done.last_outcome, done.last_ok_at) == ("ok", at(8))
+    assert (done.last_outcome, done.last_ok_at) == (None, at(8))
 
 
 async def test_racing_takers_of_a_trigger_take_it_once(backend: Backend) -> None:
@@ -608,13 +609,152 @@ async def test_racing_takers_of_a_trigger_take_it_once(backend: Backend) -> None
 
             async with trio.open_nursery() as nursery:
                 for i, handle in enumerate(handles):
-                    # Each at its own slot, all after the last one taken.
+                    # Each at its own slot.
                     nursery.start_soon(taker, handle, round_ * 10 + i, won)
             assert len(won) == 1, (round_, won)
             state = await handles[0].job("j")
             assert state is not None
-            assert (state.triggered_at, state.last_slot) == (None, at(won[0]))
+            assert (state.triggered_at, state.last_slot) == (None, None)
+            [latest, *_] = await handles[0].runs("j")
+            assert (latest.slot, latest.triggered) == (at(won[0]), True)
         assert len(await handles[0].runs("j")) == 10
+
+
+# -- triggered runs: beside the schedule ------------------------------------------------------
+
+
+async def triggered(
+    store: Store, trigger: str, slot: float, *, node: str = "t", fence: int | None = None
+) -> Any:
+    """Claim a triggered run at ``slot`` (the time it was asked for); for ``"store"``,
+    ask for it in the store first."""
+    if trigger == "store":
+        await store.trigger("j")
+    return await store.claim(
+        "j", slot=at(slot), node=node, fence=fence, started_at=at(slot), trigger=trigger
+    )
+
+
+@pytest.mark.parametrize("trigger", ["local", "store"])
+async def test_a_triggered_run_leaves_the_scheduled_slots_claimable(
+    store: Store, trigger: str
+) -> None:
+    await store.register("j", schedule="every 100s", anchor=at(0))
+    assert await claim(store, 100, fence=1) is not None
+    before = await store.job("j")
+    assert before is not None
+    # Slot 200 is due, its tick delayed by jitter; a trigger at 220 comes first.
+    assert await triggered(store, trigger, 220, fence=1) is not None
+    assert await store.job("j") == before  # the latest scheduled slot is still 100
+    assert await claim(store, 200, fence=1) is not None
+    # Triggers at and before the latest scheduled slot run too, and move nothing.
+    state = await store.job("j")
+    for slot in (200, 150):
+        assert await triggered(store, trigger, slot, fence=1) is not None
+        assert await store.job("j") == state
+    assert state is not None
+    assert (state.last_slot, state.last_node, state.last_started_at) == (at(200), "a", at(201))
+    # The schedule goes on from its own latest slot: still once each.
+    assert await claim(store, 200) is None
+    assert await claim(store, 300) is not None
+    runs = await store.runs("j")
+    assert [(r.slot, r.node, r.triggered) for r in runs] == [
+        (at(300), "a", False),
+        (at(150), "t", True),
+        (at(200), "t", True),
+        (at(200), "a", False),
+        (at(220), "t", True),
+        (at(100), "a", False),
+    ]
+
+
+@pytest.mark.parametrize("trigger", ["local", "store"])
+async def test_a_triggered_claim_keeps_the_fence_rule(store: Store, trigger: str) -> None:
+    await store.register("j", schedule="every 1s", anchor=at(0))
+    assert await claim(store, 1, fence=5) is not None
+    before = (await store.job("j"), await store.runs("j"))
+    assert await triggered(store, trigger, 2, fence=4) is None  # a stale leader's
+    after = await store.job("j")
+    assert after is not None
+    if trigger == "store":  # refused: the trigger stays pending
+        assert after.triggered_at is not None
+        after = attrs.evolve(after, triggered_at=None)
+    assert (after, await store.runs("j")) == before
+    assert await triggered(store, trigger, 2, fence=6) is not None
+    state = await store.job("j")
+    assert state is not None
+    assert (state.last_slot, state.last_fence, state.triggered_at) == (at(1), 5, None)
+    # The highest fence is the triggered run's now.
+    assert await claim(store, 3, fence=5) is None
+    assert await claim(store, 3, fence=6) is not None
+
+
+async def test_finish_of_a_triggered_run_leaves_the_scheduled_slot_s_outcome(
+    store: Store,
+) -> None:
+    await store.register("j", schedule="every 10s", anchor=at(0))
+
+    async def state() -> tuple[Any, ...]:
+        job = await store.job("j")
+        assert job is not None
+        return (job.last_outcome, job.last_finished_at, job.consecutive_failures, job.last_ok_at)
+
+    await finish(store, await claim(store, 10), "error", at_=12)
+    assert await state() == ("error", at(12), 1, None)
+    # A triggered run at the latest scheduled slot's own time is not that slot's run.
+    for trigger in ("local", "store"):
+        key = await triggered(store, trigger, 10)
+        await finish(store, key, "ok", at_=13)
+        assert await state() == ("error", at(12), 1, at(13))
+    key = await triggered(store, "local", 15)
+    await finish(store, key, "error", at_=16)
+    assert await state() == ("error", at(12), 1, at(13))
+    # A scheduled run whose record a triggered one came after: still the latest.
+    scheduled = await claim(store, 20)
+    between = await triggered(store, "local", 25)
+    await finish(store, scheduled, "timeout", at_=27)
+    assert await state() == ("timeout", at(27), 2, at(13))
+    await finish(store, between, "ok", at_=30)
+    assert await state() == ("timeout", at(27), 2, at(30))
+    await finish(store, await claim(store, 40), "ok", at_=41)
+    assert await state() == ("ok", at(41), 0, at(41))
+    [latest, *_] = await store.runs("j")
+    assert (latest.outcome, latest.triggered) == ("ok", False)
+    [run] = [r for r in await store.runs("j") if r.slot == at(25)]
+    assert run == RunRecord(
+        slot=at(25),
+        node="t",
+        fence=None,
+        started_at=at(25),
+        finished_at=at(30),
+        outcome="ok",
+        duration=0.25,
+        triggered=True,
+    )
+
+
+async def test_racing_takers_of_a_trigger_at_one_slot_take_it_once(backend: Backend) -> None:
+    handles = [backend.make() for _ in range(4)]
+    async with serving(*handles):
+        await handles[0].register("j", schedule="every 1s", anchor=at(0))
+        assert await claim(handles[0], 50) is not None
+        for _ in range(5):
+            await handles[1].trigger("j")
+            won: list[str] = []
+
+            async def taker(handle: Store, node: str, won: list[str]) -> None:
+                # All at one slot, before the latest scheduled one.
+                if await take(handle, 10, node=node) is not None:
+                    won.append(node)
+
+            async with trio.open_nursery() as nursery:
+                for i, handle in enumerate(handles):
+                    nursery.start_soon(taker, handle, f"n{i}", won)
+            assert len(won) == 1, won
+        state = await handles[0].job("j")
+        assert state is not None
+        assert (state.last_slot, state.last_node, state.triggered_at) == (at(50), "a", None)
+        assert [r.triggered for r in await handles[0].runs("j")] == [True] * 5 + [False]
 
 
 # -- last ok, overdue -------------------------------------------------------------------------

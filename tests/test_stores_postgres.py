@@ -187,6 +187,19 @@ async def test_a_table_of_the_wrong_shape_fails_serve_at_once(pg: str, prefix: s
     assert "give another table_prefix=" in str(error)
 
 
+async def test_a_runs_table_without_triggered_fails_serve_at_once(pg: str, prefix: str) -> None:
+    # The shape of a development build, before triggered runs were told apart.
+    query(
+        pg,
+        f"CREATE TABLE {prefix}runs (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+        "job text NOT NULL, slot timestamptz NOT NULL, node text NOT NULL, fence bigint, "
+        "started_at timestamptz NOT NULL, finished_at timestamptz, outcome text, "
+        "duration double precision, error text)",
+    )
+    error = await fails_at_once(PostgresStore(pg, table_prefix=prefix))
+    assert f"{prefix}runs has the wrong shape (triggered is missing)" in str(error)
+
+
 async def test_without_create_tables_serve_waits_for_the_tables(
     pg: str, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -135,7 +135,15 @@ async def test_a_missing_directory_fails_serve_at_once(tmp_path: Path) -> None:
             "CREATE TABLE periodic_runs (id INTEGER, job TEXT, slot INTEGER, node TEXT, "
             "fence INTEGER, started_at INTEGER, finished_at INTEGER, outcome TEXT, "
             "duration REAL)",
-            "error is missing; id has no unique index of its own",
+            "error is missing; triggered is missing; id has no unique index of its own",
+        ),
+        (
+            # The shape of a development build, before triggered runs were told apart.
+            "periodic_runs",
+            "CREATE TABLE periodic_runs (id INTEGER PRIMARY KEY, job TEXT, slot INTEGER, "
+            "node TEXT, fence INTEGER, started_at INTEGER, finished_at INTEGER, "
+            "outcome TEXT, duration REAL, error TEXT)",
+            "triggered is missing",
         ),
     ],
 )
@@ -187,15 +195,21 @@ async def test_tables_made_by_hand_with_other_declared_types_are_used(tmp_path: 
         "last_ok_at BIGINT)",
         "CREATE TABLE periodic_runs (id INTEGER PRIMARY KEY, job TEXT NOT NULL, "
         "slot BIGINT NOT NULL, node TEXT NOT NULL, fence BIGINT, started_at BIGINT NOT NULL, "
-        "finished_at BIGINT, outcome TEXT, duration DOUBLE, error TEXT)",
+        "finished_at BIGINT, outcome TEXT, duration DOUBLE, error TEXT, "
+        "triggered BOOLEAN NOT NULL DEFAULT FALSE)",
     )
     async with served(SQLiteStore(path, create_tables=False)) as store:
         await store.register("j", schedule="every 1s", anchor=T0)
         key = await store.claim("j", slot=at(1), node="a", fence=None, started_at=at(1))
         assert key is not None
         await store.finish("j", key, outcome="ok", finished_at=at(2), duration=1.0, error=None)
-        [run] = await store.runs("j")
-        assert (run.outcome, run.duration) == ("ok", 1.0)
+        key = await store.claim(
+            "j", slot=at(1), node="a", fence=None, started_at=at(3), trigger="local"
+        )
+        assert key is not None
+        [triggered, run] = await store.runs("j")
+        assert (run.outcome, run.duration, run.triggered) == ("ok", 1.0, False)
+        assert triggered.triggered is True
 
 
 async def test_a_file_that_is_not_a_database_is_an_error_until_it_is_one(

@@ -74,15 +74,17 @@ class JobState:
         schedule: The job's schedule as text (``"every 60s"``, ``"cron 0 2 * * * Europe/Berlin"``).
         anchor: Where the job's interval grid starts (aware UTC): slots are ``anchor + k *
             every``. Set with the job's first record, never moved.
-        last_slot: The latest slot claimed (aware UTC), or ``None``.
-        last_outcome: How the run of the latest finished slot ended (``"ok"``,
-            ``"error"``, ``"timeout"``, ``"cancelled"``), or ``None``.
-        last_node: The node that claimed the latest slot.
-        last_fence: The fence the latest slot was claimed with, or ``None``.
-        last_started_at: When the run of the latest slot started (aware UTC).
-        last_finished_at: When the latest finished run ended (aware UTC).
-        consecutive_failures: Runs in a row, up to the latest finished one, whose outcome
-            was ``error`` or ``timeout``.
+        last_slot: The latest scheduled slot claimed (aware UTC), or ``None``. A
+            triggered run (see :meth:`Store.claim`) never moves it, nor the other
+            ``last_*`` fields but :attr:`last_ok_at`.
+        last_outcome: How the run of the latest scheduled slot ended (``"ok"``,
+            ``"error"``, ``"timeout"``, ``"cancelled"``), or ``None`` until it ends.
+        last_node: The node that claimed the latest scheduled slot.
+        last_fence: The fence the latest scheduled slot was claimed with, or ``None``.
+        last_started_at: When the run of the latest scheduled slot started (aware UTC).
+        last_finished_at: When the run of the latest scheduled slot ended (aware UTC).
+        consecutive_failures: Scheduled runs in a row, up to the latest scheduled slot's
+            once it ended, whose outcome was ``error`` or ``timeout``.
         paused: Whether the job is paused in the store (:meth:`Store.pause`): its
             scheduled ticks start no run, in any process.
         paused_at: When the current pause began (the store's clock), or ``None`` when the
@@ -94,7 +96,8 @@ class JobState:
             overdue, as the latest :meth:`Store.register` gave it, or ``None``.
         registered_at: When the job's record was made (the store's clock); never moved.
         resumed_at: When the job was last resumed (the store's clock), or ``None``.
-        last_ok_at: When the latest run that ended ``ok`` ended, or ``None``.
+        last_ok_at: When the latest run that ended ``ok`` ended (a triggered run's
+            too), or ``None``.
         overdue: Whether the job is overdue, judged by the store on its own clock as it
             read the record: ``overdue_after`` is set, the job is not paused, and at least
             ``overdue_after`` seconds have passed since the latest of ``last_ok_at``,
@@ -153,6 +156,9 @@ class RunRecord:
             it runs.
         duration: Seconds it took, or ``None``.
         error: The error's text (at most 2 000 characters), or ``None``.
+        triggered: Whether the run was triggered (``job.trigger()``, or
+            :meth:`Store.trigger`) rather than scheduled: its ``slot`` is then the
+            time it was asked for, beside the schedule's grid.
     """
 
     slot: datetime.datetime
@@ -163,6 +169,7 @@ class RunRecord:
     outcome: str | None = None
     duration: float | None = None
     error: str | None = None
+    triggered: bool = False
 
 
 class Store(abc.ABC):
@@ -266,9 +273,9 @@ class Store(abc.ABC):
     ) -> int | None:
         """Claim ``slot`` for a run, atomically, and record the run's start.
 
-        The claim succeeds only if no slot at or after ``slot`` was claimed for the job,
-        and, when ``fence`` is not ``None``, if ``fence`` is at least the highest fence
-        ever claimed with. Runs beyond the store's ``history`` are pruned.
+        When ``fence`` is not ``None``, the claim succeeds only if ``fence`` is at least
+        the highest fence ever claimed with (which it then raises). Runs beyond the
+        store's ``history`` are pruned.
 
         ``trigger`` says why the run would start: ``None`` for a scheduled tick, which a
         pause in the store refuses (:class:`JobPaused`, and nothing is written);
@@ -276,6 +283,14 @@ class Store(abc.ABC):
         paused job too; ``"store"`` to take a trigger asked for with :meth:`trigger`: it
         runs a paused job too, and succeeds only if a trigger is pending, which it takes
         (clears) in the same transaction.
+
+        A scheduled claim succeeds only if no scheduled slot at or after ``slot`` was
+        claimed for the job, and makes ``slot`` the job's
+        :attr:`~JobState.last_slot` (with ``last_node``, ``last_fence`` and
+        ``last_started_at``). A triggered claim (``"local"`` or ``"store"``) is beside
+        the schedule: its ``slot`` (the time it was asked for) may be at or before
+        ``last_slot``, and it changes none of those fields, so the scheduled slots not
+        yet claimed stay claimable. Its run's record says ``triggered=True``.
 
         Returns:
             A key of the run's record (for :meth:`finish`), or ``None`` when the claim was
@@ -300,8 +315,9 @@ class Store(abc.ABC):
     ) -> None:
         """Record the end of the run ``run`` (a key from :meth:`claim`).
 
-        Updates the job's last outcome and its count of consecutive failures when the run
-        is the job's latest, and its :attr:`~JobState.last_ok_at` (to the later of the
+        Updates the job's ``last_outcome``, ``last_finished_at`` and
+        ``consecutive_failures`` when the run is the latest scheduled slot's (never for
+        a triggered run), and its :attr:`~JobState.last_ok_at` (to the later of the
         two) for any run that ended ``ok``; a run whose record was pruned is ignored.
         """
 

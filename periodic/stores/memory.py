@@ -201,22 +201,28 @@ class MemoryStore(Store, ReminderStore):
             raise JobPaused(f"job {name!r} is paused in {self!r}")
         if trigger == "store" and state.triggered_at is None:
             return None
-        if state.last_slot is not None and slot <= state.last_slot:
+        scheduled = trigger is None
+        if scheduled and state.last_slot is not None and slot <= state.last_slot:
             return None
         if fence is not None and job.max_fence is not None and fence < job.max_fence:
             return None
         if fence is not None:
             job.max_fence = fence if job.max_fence is None else max(fence, job.max_fence)
-        job.state = attrs.evolve(
-            state,
-            last_slot=slot,
-            last_node=node,
-            last_fence=fence,
-            last_started_at=started_at,
-            triggered_at=None if trigger == "store" else state.triggered_at,
-        )
+        if scheduled:
+            state = attrs.evolve(
+                state,
+                last_slot=slot,
+                last_node=node,
+                last_fence=fence,
+                last_started_at=started_at,
+            )
+        elif trigger == "store":
+            state = attrs.evolve(state, triggered_at=None)
+        job.state = state
         key = next(self._keys)
-        job.runs[key] = RunRecord(slot=slot, node=node, fence=fence, started_at=started_at)
+        job.runs[key] = RunRecord(
+            slot=slot, node=node, fence=fence, started_at=started_at, triggered=not scheduled
+        )
         while len(job.runs) > self._history:
             job.runs.popitem(last=False)
         return key
@@ -244,7 +250,7 @@ class MemoryStore(Store, ReminderStore):
         state = job.state
         if outcome == "ok" and (state.last_ok_at is None or finished_at > state.last_ok_at):
             state = attrs.evolve(state, last_ok_at=finished_at)
-        if record.slot == state.last_slot:
+        if not record.triggered and record.slot == state.last_slot:  # the latest scheduled
             failures = state.consecutive_failures + 1 if outcome in FAILURES else 0
             state = attrs.evolve(
                 state,

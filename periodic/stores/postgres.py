@@ -72,7 +72,8 @@ CREATE TABLE IF NOT EXISTS {table} (
     finished_at timestamptz,
     outcome text,
     duration double precision,
-    error text
+    error text,
+    triggered boolean NOT NULL DEFAULT false
 )"""
 _CREATE_INDEX = "CREATE INDEX IF NOT EXISTS {index} ON {runs} (job, id)"
 
@@ -112,9 +113,10 @@ _RUN_COLUMNS = {
     "outcome": _TEXT,
     "duration": ("double precision",),
     "error": _TEXT,
+    "triggered": ("boolean",),
 }
 _JOB_FIELDS = ", ".join(_JOB_COLUMNS)
-_RUN_FIELDS = "slot, node, fence, started_at, finished_at, outcome, duration, error"
+_RUN_FIELDS = "slot, node, fence, started_at, finished_at, outcome, duration, error, triggered"
 
 # Every read of a job's row comes with the database's clock, which judges `overdue`.
 _REGISTER = f"""
@@ -131,24 +133,30 @@ RETURNING {_JOB_FIELDS}, now()"""
 # a racing claim waits for this transaction, then (READ COMMITTED) judges its WHERE
 # again on the row as this one left it, and is refused: so a pause, or a trigger taken
 # by another process, is judged as committed, not as the statement's snapshot saw it.
+# A triggered run (trigger not NULL) is beside the schedule: it neither needs nor moves
+# the latest scheduled slot, so the slots not yet claimed stay claimable.
 _CLAIM = """
 WITH claimed AS (
     UPDATE {jobs} SET
-        last_slot = %(slot)s,
-        last_node = %(node)s,
-        last_fence = %(fence)s::bigint,
+        last_slot = CASE WHEN %(trigger)s::text IS NULL THEN %(slot)s ELSE last_slot END,
+        last_node = CASE WHEN %(trigger)s::text IS NULL THEN %(node)s ELSE last_node END,
+        last_fence = CASE WHEN %(trigger)s::text IS NULL THEN %(fence)s::bigint
+            ELSE last_fence END,
         max_fence = greatest(max_fence, %(fence)s::bigint),
-        last_started_at = %(started_at)s,
+        last_started_at = CASE WHEN %(trigger)s::text IS NULL THEN %(started_at)s
+            ELSE last_started_at END,
         triggered_at = CASE WHEN %(trigger)s::text = 'store' THEN NULL ELSE triggered_at END
     WHERE name = %(name)s
-    AND (last_slot IS NULL OR last_slot < %(slot)s)
+    AND (%(trigger)s::text IS NOT NULL OR last_slot IS NULL OR last_slot < %(slot)s)
     AND (%(fence)s::bigint IS NULL OR max_fence IS NULL OR %(fence)s::bigint >= max_fence)
     AND (%(trigger)s::text IS NOT NULL OR paused_at IS NULL)
     AND (%(trigger)s::text IS DISTINCT FROM 'store' OR triggered_at IS NOT NULL)
     RETURNING name
 ), run AS (
-    INSERT INTO {runs} (job, slot, node, fence, started_at)
-    SELECT name, %(slot)s, %(node)s, %(fence)s::bigint, %(started_at)s FROM claimed
+    INSERT INTO {runs} (job, slot, node, fence, started_at, triggered)
+    SELECT name, %(slot)s, %(node)s, %(fence)s::bigint, %(started_at)s,
+        %(trigger)s::text IS NOT NULL
+    FROM claimed
     RETURNING id
 )
 SELECT (SELECT id FROM run), EXISTS (SELECT FROM {jobs} WHERE name = %(name)s)"""
@@ -163,9 +171,10 @@ DELETE FROM {runs} WHERE job = %(name)s AND id <= (
     SELECT id FROM {runs} WHERE job = %(name)s ORDER BY id DESC OFFSET %(history)s LIMIT 1
 )"""
 
-# The run's end, and the job's when it is its latest slot (or it ended ok): one
-# statement, one UPDATE of the job (a row updated twice in a statement keeps only one of
-# the changes). It judges last_slot on the latest committed row, so a newer claim wins.
+# The run's end, and the job's when it is the latest scheduled slot's run (or it ended
+# ok): one statement, one UPDATE of the job (a row updated twice in a statement keeps
+# only one of the changes). It judges last_slot on the latest committed row, so a newer
+# claim wins. A triggered run never is the latest scheduled slot's, whatever its slot.
 _FINISH = """
 WITH run AS (
     UPDATE {runs} SET
@@ -174,18 +183,18 @@ WITH run AS (
         duration = %(duration)s,
         error = %(error)s
     WHERE id = %(run)s AND job = %(name)s
-    RETURNING slot
+    RETURNING slot, triggered
 )
 UPDATE {jobs} AS j SET
-    last_outcome = CASE WHEN j.last_slot = run.slot THEN %(outcome)s ELSE j.last_outcome END,
-    last_finished_at = CASE WHEN j.last_slot = run.slot THEN %(finished_at)s
-        ELSE j.last_finished_at END,
-    consecutive_failures = CASE WHEN j.last_slot IS DISTINCT FROM run.slot
-        THEN j.consecutive_failures
+    last_outcome = CASE WHEN {latest} THEN %(outcome)s ELSE j.last_outcome END,
+    last_finished_at = CASE WHEN {latest} THEN %(finished_at)s ELSE j.last_finished_at END,
+    consecutive_failures = CASE WHEN NOT {latest} THEN j.consecutive_failures
         WHEN %(failed)s THEN j.consecutive_failures + 1 ELSE 0 END,
     last_ok_at = CASE WHEN %(ok)s THEN greatest(j.last_ok_at, %(finished_at)s)
         ELSE j.last_ok_at END
-FROM run WHERE j.name = %(name)s AND (j.last_slot = run.slot OR %(ok)s)"""
+FROM run WHERE j.name = %(name)s AND ({latest} OR %(ok)s)""".replace(
+    "{latest}", "(NOT run.triggered AND j.last_slot IS NOT DISTINCT FROM run.slot)"
+)
 
 # COLLATE "C": code point order, as Python sorts names (the database's own collation
 # may put "B" before "a").
@@ -360,7 +369,7 @@ def _job_state(row: tuple[Any, ...]) -> JobState:
 
 
 def _run_record(row: tuple[Any, ...]) -> RunRecord:
-    slot, node, fence, started, finished, outcome, duration, error = row
+    slot, node, fence, started, finished, outcome, duration, error, triggered = row
     return RunRecord(
         slot=slot.astimezone(UTC),
         node=node,
@@ -370,6 +379,7 @@ def _run_record(row: tuple[Any, ...]) -> RunRecord:
         outcome=outcome,
         duration=duration,
         error=error,
+        triggered=triggered,
     )
 
 
@@ -424,7 +434,8 @@ class PostgresStore(Store, ReminderStore):
             id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, job text NOT NULL,
             slot timestamptz NOT NULL, node text NOT NULL, fence bigint,
             started_at timestamptz NOT NULL, finished_at timestamptz, outcome text,
-            duration double precision, error text);
+            duration double precision, error text,
+            triggered boolean NOT NULL DEFAULT false);
         CREATE INDEX periodic_runs_job ON periodic_runs (job, id);
 
     Give the prefix with its schema (``table_prefix="app.periodic_"``): an unqualified

@@ -57,7 +57,7 @@ _CREATE_RUNS = (
     "CREATE TABLE IF NOT EXISTS {table} ("
     "id INTEGER PRIMARY KEY AUTOINCREMENT, job TEXT NOT NULL, slot INTEGER NOT NULL, "
     "node TEXT NOT NULL, fence INTEGER, started_at INTEGER NOT NULL, finished_at INTEGER, "
-    "outcome TEXT, duration REAL, error TEXT)"
+    "outcome TEXT, duration REAL, error TEXT, triggered INTEGER NOT NULL DEFAULT 0)"
 )
 # The affinities existing tables must give their columns: a TEXT slot would compare as
 # text, and claims would be judged in the wrong order.
@@ -92,6 +92,7 @@ _RUN_COLUMNS = {
     "outcome": ("TEXT",),
     "duration": ("REAL", "NUMERIC"),
     "error": ("TEXT",),
+    "triggered": ("INTEGER", "NUMERIC"),  # (NUMERIC: a column declared BOOLEAN)
 }
 # AUTOINCREMENT: SQLite's own counter of the table (in sqlite_sequence, written in the
 # same transaction) makes the fences, strictly increasing and never given twice; setting
@@ -116,7 +117,7 @@ _REMINDER_COLUMNS = {
 }
 _REMINDER_FIELDS = "key, fire_at, payload, fence, attempts, error"
 _JOB_FIELDS = ", ".join(_JOB_COLUMNS)
-_RUN_FIELDS = "slot, node, fence, started_at, finished_at, outcome, duration, error"
+_RUN_FIELDS = "slot, node, fence, started_at, finished_at, outcome, duration, error, triggered"
 
 
 def _micros(value: datetime.datetime) -> int:
@@ -159,7 +160,7 @@ def _job_state(row: tuple[Any, ...], now: datetime.datetime) -> JobState:
 
 
 def _run_record(row: tuple[Any, ...]) -> RunRecord:
-    slot, node, fence, started, finished, outcome, duration, error = row
+    slot, node, fence, started, finished, outcome, duration, error, triggered = row
     return RunRecord(
         slot=_EPOCH + datetime.timedelta(microseconds=slot),
         node=node,
@@ -169,6 +170,7 @@ def _run_record(row: tuple[Any, ...]) -> RunRecord:
         outcome=outcome,
         duration=None if duration is None else float(duration),
         error=error,
+        triggered=bool(triggered),
     )
 
 
@@ -337,21 +339,30 @@ class _Database:
                 raise JobPaused(f"job {params['name']!r} is paused")
             if params["trigger"] == "store" and not pending:
                 return None
+            # A triggered run is beside the schedule: it neither needs nor moves the
+            # latest scheduled slot, so the slots not yet claimed stay claimable.
+            if params["trigger"] is None:
+                latest = (
+                    "last_slot = :slot, last_node = :node, last_fence = :fence, "
+                    "last_started_at = :started_at, "
+                )
+                after = "AND (last_slot IS NULL OR last_slot < :slot) "
+            else:
+                latest = after = ""
             claimed = conn.execute(
-                f"UPDATE {self._jobs} SET last_slot = :slot, last_node = :node, "
-                "last_fence = :fence, last_started_at = :started_at, "
+                f"UPDATE {self._jobs} SET {latest}"
                 "max_fence = CASE WHEN :fence IS NULL OR max_fence >= :fence "
                 "THEN max_fence ELSE :fence END, "
                 "triggered_at = CASE WHEN :trigger = 'store' THEN NULL ELSE triggered_at END "
-                "WHERE name = :name AND (last_slot IS NULL OR last_slot < :slot) "
+                f"WHERE name = :name {after}"
                 "AND (:fence IS NULL OR max_fence IS NULL OR :fence >= max_fence)",
                 params,
             ).rowcount
             if not claimed:
                 return None
             key = conn.execute(
-                f"INSERT INTO {self._runs} (job, slot, node, fence, started_at) "
-                "VALUES (:name, :slot, :node, :fence, :started_at)",
+                f"INSERT INTO {self._runs} (job, slot, node, fence, started_at, triggered) "
+                "VALUES (:name, :slot, :node, :fence, :started_at, :trigger IS NOT NULL)",
                 params,
             ).lastrowid
             conn.execute(
@@ -368,7 +379,8 @@ class _Database:
     def finish(self, conn: sqlite3.Connection, params: dict[str, Any]) -> None:
         with self._transaction(conn):
             row = conn.execute(
-                f"SELECT slot FROM {self._runs} WHERE id = :run AND job = :name", params
+                f"SELECT slot, triggered FROM {self._runs} WHERE id = :run AND job = :name",
+                params,
             ).fetchone()
             if row is None:  # unknown, or pruned
                 return
@@ -377,13 +389,15 @@ class _Database:
                 "duration = :duration, error = :error WHERE id = :run",
                 params,
             )
-            conn.execute(
-                f"UPDATE {self._jobs} SET last_outcome = :outcome, "
-                "last_finished_at = :finished_at, consecutive_failures = "
-                "CASE WHEN :failed THEN consecutive_failures + 1 ELSE 0 END "
-                "WHERE name = :name AND last_slot = :slot",
-                {**params, "slot": row[0]},
-            )
+            slot, triggered = row
+            if not triggered:  # the latest scheduled slot's run (each is claimed once)
+                conn.execute(
+                    f"UPDATE {self._jobs} SET last_outcome = :outcome, "
+                    "last_finished_at = :finished_at, consecutive_failures = "
+                    "CASE WHEN :failed THEN consecutive_failures + 1 ELSE 0 END "
+                    "WHERE name = :name AND last_slot = :slot",
+                    {**params, "slot": slot},
+                )
             if params["outcome"] == "ok":
                 conn.execute(
                     f"UPDATE {self._jobs} SET last_ok_at = :finished_at WHERE name = :name "
@@ -527,7 +541,8 @@ class SQLiteStore(Store, ReminderStore):
         CREATE TABLE periodic_runs (
             id INTEGER PRIMARY KEY AUTOINCREMENT, job TEXT NOT NULL, slot INTEGER NOT NULL,
             node TEXT NOT NULL, fence INTEGER, started_at INTEGER NOT NULL,
-            finished_at INTEGER, outcome TEXT, duration REAL, error TEXT);
+            finished_at INTEGER, outcome TEXT, duration REAL, error TEXT,
+            triggered INTEGER NOT NULL DEFAULT 0);
         CREATE INDEX periodic_runs_job ON periodic_runs (job, id);
 
     The path is made absolute when the store is made; ``":memory:"`` and ``""`` (a
