@@ -413,3 +413,23 @@ async def test_a_local_trigger_queued_behind_a_store_trigger_claims_its_own_time
     assert isinstance(started, Started)
     assert started.fire_time == T0 + datetime.timedelta(seconds=100)
     assert job.starts == [80.0, 100.0, 120.0]
+
+
+async def test_a_trigger_leaves_the_slots_of_the_schedule_to_run(
+    autojump_clock: trio.testing.MockClock, store: MemoryStore, wall: Wall
+) -> None:
+    # Slot 200's tick comes at 242.4 (jitter); a trigger at 220 claims beside the schedule.
+    job = Job()
+    p = make(store, wall, job, every=100, jitter=50, jitter_rng=random.Random(1))
+    with capture_events(p) as events:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(p.serve)
+            await trio.sleep(220)
+            assert isinstance(await p.trigger(), Started)
+            await trio.sleep(30)
+            nursery.cancel_scope.cancel()
+    assert [round(t, 1) for t in job.starts] == [106.7, 220.0, 242.4]
+    assert events.of(Skipped) == []
+    runs = await store.runs("rollup")
+    assert [(r.slot - T0).total_seconds() for r in runs] == [200.0, 220.0, 100.0]
+    assert [r.triggered for r in runs] == [False, True, False]
