@@ -341,6 +341,7 @@ def test_history_json_with_a_limit(jobs: Backend) -> None:
                 "outcome": "error",
                 "duration": 2.0,
                 "error": ERROR,
+                "triggered": False,
             }
             for day in (3, 2)
         ],

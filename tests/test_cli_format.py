@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import sys
 
+import attrs
 import pytest
 
 from periodic._cli.history import history_json, render_history
@@ -374,6 +375,18 @@ def test_history_lines() -> None:
     assert render_history("cleanup", [], now=NOW) == ["no runs of cleanup yet"]
 
 
+def test_history_marks_a_triggered_run() -> None:
+    triggered = attrs.evolve(RUNS[2], triggered=True)
+    lines = render_history("cleanup", [RUNS[0], triggered], now=NOW)
+    assert lines == [
+        "SLOT                       OUTCOME     TOOK   ENDED      NODE               FENCE",
+        "2026-05-01 11:59:00Z       unfinished  -      -          web-1:4242:a1b2c3  7",
+        "2026-05-01 11:56:59.250Z*  ok          1m30s  1m30s ago  web-2:77:ffeedd    -",
+        "* triggered: a run asked for, beside the schedule",
+    ]
+    assert history_json("cleanup", [triggered])["runs"][0]["triggered"] is True
+
+
 def test_history_json() -> None:
     assert history_json("cleanup", RUNS[:1]) == {
         "job": "cleanup",
@@ -387,6 +400,7 @@ def test_history_json() -> None:
                 "outcome": None,
                 "duration": None,
                 "error": None,
+                "triggered": False,
             }
         ],
     }

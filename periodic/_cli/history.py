@@ -26,6 +26,7 @@ def history_json(name: str, runs: list[RunRecord]) -> dict[str, Any]:
                 "outcome": run.outcome,
                 "duration": run.duration,
                 "error": run.error,
+                "triggered": run.triggered,
             }
             for run in runs
         ],
@@ -34,13 +35,13 @@ def history_json(name: str, runs: list[RunRecord]) -> dict[str, Any]:
 
 def render_history(name: str, runs: list[RunRecord], *, now: datetime.datetime) -> list[str]:
     """The lines of ``periodic history``: a table of runs, newest first, each failed one
-    followed by the first line of its error."""
+    followed by the first line of its error; a triggered run's slot is marked ``*``."""
     if not runs:
         return [f"no runs of {name} yet"]
     header = ("SLOT", "OUTCOME", "TOOK", "ENDED", "NODE", "FENCE")
     rows = [
         (
-            when(run.slot),
+            when(run.slot) + ("*" if run.triggered else ""),
             run.outcome or "unfinished",
             "-" if run.duration is None else _duration(run.duration),
             "-" if run.finished_at is None else relative(run.finished_at, now),
@@ -57,6 +58,8 @@ def render_history(name: str, runs: list[RunRecord], *, now: datetime.datetime) 
         )
         if run is not None and run.error:
             lines.append("  " + _cut(run.error.strip().splitlines()[0], _ERROR_WIDTH))
+    if any(run.triggered for run in runs):
+        lines.append("* triggered: a run asked for, beside the schedule")
     return lines
 
 
