@@ -249,7 +249,7 @@ class Durable(Parts):
         if key is None:
             return self._skip(SkipReason.CLAIMED, scheduled_at)
         if self._state.overdue_alarm is not None:
-            self._claimed()
+            self._count_again()
         recorder = functools.partial(self._record_end, store, key)
         run = self._runs.spawn(
             scheduled_at, fence, fire_time or slot, retry_until, recorder=recorder

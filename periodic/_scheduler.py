@@ -555,7 +555,7 @@ class Periodic(EventSource, Clocks, Durable):
         if state.overdue:
             self._recovered(_RECOVERED_BY[reason])
 
-    def _claimed(self) -> None:
+    def _count_again(self) -> None:
         """A claim was granted, or the store failed: a job paused in its store counts
         again (resumed; or, for all this process knows, not running)."""
         state = self._state
@@ -737,7 +737,7 @@ class Periodic(EventSource, Clocks, Durable):
             if reason in _NOT_MINE:
                 self._not_mine(reason)
             elif reason is SkipReason.STORE_ERROR:
-                self._claimed()
+                self._count_again()
         return event
 
 
